@@ -1,0 +1,9 @@
+//! Benchmark programs behind `cake bench`: each returns a serialisable
+//! report; the `cake` binary prints it and writes `--json`.
+mod common;
+pub mod mixed;
+pub mod prefill;
+pub mod store;
+pub mod ttft;
+
+pub use common::{bench_request, fill_store, random_prompt, run_request};

@@ -1,0 +1,202 @@
+//! `cake bench ttft`: time to first token of one prompt whose chunks are
+//! all stored, under `compute`, `load`, `cake` and `auto`, across contexts
+//! and storage bandwidths (a throttled link over an in-memory store), next
+//! to the oracle: the best split computed from the per-chunk compute times
+//! and the load time measured in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::common::{bench_request, fill_store, random_prompt, run_request};
+use crate::kv::{KvStore, Link, MemoryStore, ThrottledStore};
+use crate::worker::{Engine, EngineConfig, Strategy};
+use crate::{EngineError, Model, Tokenizer};
+
+/// Bandwidths to run: given, or spanning multiples of the balanced one.
+#[derive(Debug, Clone)]
+pub enum Bandwidths {
+    List(Vec<f64>),
+    /// Multiples of the bandwidth at which load-only equals compute-only
+    /// for each context (0.1× to 10×).
+    Auto(Vec<f64>),
+}
+
+#[derive(Debug, Clone)]
+pub struct TtftBench {
+    pub contexts: Vec<usize>,
+    pub bandwidths: Bandwidths,
+    pub engine: EngineConfig,
+    pub seed: u64,
+}
+
+/// One measurement (`--json` rows).
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub context: usize,
+    pub bandwidth_bytes_per_s: f64,
+    pub strategy: String,
+    pub ttft_ms: f64,
+    pub computed_tokens: usize,
+    pub loaded_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TtftReport {
+    pub rows: Vec<Row>,
+    pub chunk_tokens: usize,
+    pub chunk_bytes: u64,
+    /// Per context: the bandwidth at which loading all stored chunks takes
+    /// as long as computing them.
+    pub balanced_bandwidth: Vec<(usize, f64)>,
+}
+
+impl TtftReport {
+    pub fn get(&self, context: usize, bw: f64, strategy: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| {
+            r.context == context && r.bandwidth_bytes_per_s == bw && r.strategy == strategy
+        })
+    }
+}
+
+/// The oracle: the best split of the cached chunks given each chunk's
+/// measured compute time and one chunk's load time, plus the computed
+/// suffix.
+fn oracle(chunk_s: &[f64], cached: usize, load_s: f64) -> (f64, usize) {
+    let suffix: f64 = chunk_s[cached..].iter().sum();
+    let mut best = (f64::INFINITY, 0);
+    let mut prefix = 0.0f64;
+    for k in 0..=cached {
+        let t = prefix.max((cached - k) as f64 * load_s) + suffix;
+        if t < best.0 {
+            best = (t, k);
+        }
+        if k < cached {
+            prefix += chunk_s[k];
+        }
+    }
+    best
+}
+
+/// Runs the benchmark; `progress` gets a line per measurement.
+pub async fn run(
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    bench: &TtftBench,
+    mut progress: impl FnMut(&str),
+) -> Result<TtftReport, EngineError> {
+    let cfg = EngineConfig {
+        write_back: false,
+        ..bench.engine.clone()
+    };
+    let c = cfg.chunk_tokens;
+    let mut rows = Vec::new();
+    let mut balanced = Vec::new();
+    let mut chunk_bytes = 0;
+    for (ci, &context) in bench.contexts.iter().enumerate() {
+        model.check_fits(context, 1)?;
+        let prompt = random_prompt(context, bench.seed + ci as u64, tokenizer.vocab_size());
+        let mem: Arc<dyn KvStore> = Arc::new(MemoryStore::new(u64::MAX / 2));
+        fill_store(&model, &tokenizer, &mem, &cfg, &prompt).await?;
+
+        // Each chunk's compute time, chunk by chunk, as the engine runs it.
+        let mut cache = model.new_cache();
+        let mut chunk_s = Vec::new();
+        for piece in prompt.chunks(c) {
+            let t = Instant::now();
+            model.forward_no_logits(&mut cache, piece)?;
+            chunk_s.push(t.elapsed().as_secs_f64());
+        }
+        drop(cache);
+        let cached = (context - 1) / c; // the chunk with the last token is computed
+        let direct = Engine::start(model.clone(), tokenizer.clone(), Some(mem.clone()), cfg.clone())?;
+        chunk_bytes = direct.chunk_bytes();
+        let compute = run_request(&direct, bench_request("compute", prompt.clone(), 1, Some(Strategy::Compute))).await?;
+        progress(&format!("context {context}: compute-only {:.0} ms", compute.ttft_ms));
+        let compute_cached_s: f64 = chunk_s[..cached].iter().sum();
+        let bw_balanced = (cached as f64 * chunk_bytes as f64) / compute_cached_s.max(1e-9);
+        balanced.push((context, bw_balanced));
+        let bws: Vec<f64> = match &bench.bandwidths {
+            Bandwidths::List(l) => l.clone(),
+            Bandwidths::Auto(m) => m.iter().map(|x| x * bw_balanced).collect(),
+        };
+        for bw in bws {
+            let link = Arc::new(Link::new(bw as u64, Duration::ZERO));
+            let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem.clone(), link, false));
+            let engine = Engine::start(model.clone(), tokenizer.clone(), Some(store), cfg.clone())?;
+            // Warm the worker's meters (auto needs them), then measure.
+            rows.push(Row {
+                context,
+                bandwidth_bytes_per_s: bw,
+                strategy: "compute".into(),
+                ttft_ms: compute.ttft_ms,
+                computed_tokens: compute.computed_tokens,
+                loaded_tokens: compute.loaded_tokens,
+            });
+            let mut load_ttft = 0.0;
+            for s in [Strategy::Load, Strategy::Cake, Strategy::Auto] {
+                if s == Strategy::Auto {
+                    // Auto decides from measured rates: give it the
+                    // compute side's too.
+                    run_request(&engine, bench_request("warm", prompt[..c.min(context)].to_vec(), 1, Some(Strategy::Compute))).await?;
+                }
+                let u = run_request(&engine, bench_request(s.as_str(), prompt.clone(), 1, Some(s))).await?;
+                progress(&format!(
+                    "context {context}, {:.2} GB/s: {} {:.0} ms (loaded {}, computed {}{})",
+                    bw / 1e9,
+                    s.as_str(),
+                    u.ttft_ms,
+                    u.loaded_tokens,
+                    u.computed_tokens,
+                    if s == Strategy::Auto { format!(", chose {}", u.strategy) } else { String::new() }
+                ));
+                if s == Strategy::Load {
+                    load_ttft = u.ttft_ms;
+                }
+                rows.push(Row {
+                    context,
+                    bandwidth_bytes_per_s: bw,
+                    strategy: s.as_str().into(),
+                    ttft_ms: u.ttft_ms,
+                    computed_tokens: u.computed_tokens,
+                    loaded_tokens: u.loaded_tokens,
+                });
+            }
+            // One chunk's load time, from the load-only run: its TTFT less
+            // the computed suffix, over the chunks it loaded.
+            let suffix_s: f64 = chunk_s[cached..].iter().sum();
+            let load_s = ((load_ttft / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
+            let (t, k) = oracle(&chunk_s, cached, load_s);
+            rows.push(Row {
+                context,
+                bandwidth_bytes_per_s: bw,
+                strategy: "oracle".into(),
+                ttft_ms: t * 1e3,
+                computed_tokens: context - (cached - k) * c,
+                loaded_tokens: (cached - k) * c,
+            });
+        }
+    }
+    Ok(TtftReport {
+        rows,
+        chunk_tokens: c,
+        chunk_bytes,
+        balanced_bandwidth: balanced,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oracle;
+
+    #[test]
+    fn oracle_picks_the_crossing() {
+        let chunks = vec![1.0; 11];
+        // Free loading: compute nothing of the 10 cached chunks.
+        assert_eq!(oracle(&chunks, 10, 0.0), (1.0, 0));
+        // Loading as costly as computing: split in half.
+        let (t, k) = oracle(&chunks, 10, 1.0);
+        assert_eq!((t, k), (6.0, 5));
+    }
+}

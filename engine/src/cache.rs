@@ -1,0 +1,210 @@
+//! The KV cache of one sequence, held as a list of chunks so that any chunk
+//! can come from storage instead of compute.
+
+use cake_kernels::{Device, Tensor};
+
+use crate::EngineError;
+
+/// Shape of the KV cache a model produces per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvLayout {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvLayout {
+    /// f32 values of K and V per token, all layers.
+    pub fn values_per_token(&self) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim
+    }
+}
+
+/// The KV of `tokens` consecutive positions, every layer, in host memory.
+///
+/// `data` is laid out `[layer][K|V][token][kv_head][head_dim]`, row-major:
+/// this is the unit the chunk format encodes and the stores hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvChunk {
+    pub layout: KvLayout,
+    pub tokens: usize,
+    pub data: Vec<f32>,
+}
+
+impl KvChunk {
+    pub fn zeros(layout: KvLayout, tokens: usize) -> KvChunk {
+        KvChunk {
+            layout,
+            tokens,
+            data: vec![0.0; tokens * layout.values_per_token()],
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.tokens * self.layout.kv_heads * self.layout.head_dim
+    }
+
+    /// K of one layer, `[tokens, kv_heads, head_dim]`.
+    pub fn k(&self, layer: usize) -> &[f32] {
+        let p = self.plane();
+        &self.data[2 * layer * p..(2 * layer + 1) * p]
+    }
+
+    /// V of one layer, `[tokens, kv_heads, head_dim]`.
+    pub fn v(&self, layer: usize) -> &[f32] {
+        let p = self.plane();
+        &self.data[(2 * layer + 1) * p..(2 * layer + 2) * p]
+    }
+
+    /// Bytes of the payload as f32.
+    pub fn f32_bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// One chunk of the cache as device tensors, per layer.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceChunk {
+    pub tokens: usize,
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+/// The KV cache of one sequence: chunks in position order.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layout: KvLayout,
+    device: Device,
+    chunks: Vec<DeviceChunk>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(layout: KvLayout, device: Device) -> KvCache {
+        KvCache {
+            layout,
+            device,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Positions covered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of chunks held.
+    pub fn num_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Token counts of the chunks, in order.
+    pub fn chunk_lens(&self) -> Vec<usize> {
+        self.chunks.iter().map(|c| c.tokens).collect()
+    }
+
+    /// Appends a chunk that came from storage (or anywhere else) after the
+    /// positions already held.
+    pub fn push_chunk(&mut self, chunk: KvChunk) -> Result<(), EngineError> {
+        if chunk.layout != self.layout {
+            return Err(EngineError::KvLayout(format!(
+                "chunk layout {:?} does not match the model's {:?}",
+                chunk.layout, self.layout
+            )));
+        }
+        if chunk.data.len() != chunk.tokens * self.layout.values_per_token() {
+            return Err(EngineError::KvLayout(format!(
+                "chunk of {} tokens carries {} values",
+                chunk.tokens,
+                chunk.data.len()
+            )));
+        }
+        let (kvh, hd) = (self.layout.kv_heads, self.layout.head_dim);
+        let mut k = Vec::with_capacity(self.layout.layers);
+        let mut v = Vec::with_capacity(self.layout.layers);
+        for l in 0..self.layout.layers {
+            k.push(Tensor::from_vec(
+                chunk.k(l).to_vec(),
+                &[chunk.tokens, kvh, hd],
+                self.device,
+            )?);
+            v.push(Tensor::from_vec(
+                chunk.v(l).to_vec(),
+                &[chunk.tokens, kvh, hd],
+                self.device,
+            )?);
+        }
+        self.len += chunk.tokens;
+        self.chunks.push(DeviceChunk {
+            tokens: chunk.tokens,
+            k,
+            v,
+        });
+        Ok(())
+    }
+
+    /// Copies chunk `i` out to host memory.
+    pub fn chunk(&self, i: usize) -> Option<KvChunk> {
+        let c = self.chunks.get(i)?;
+        let mut data = Vec::with_capacity(c.tokens * self.layout.values_per_token());
+        for l in 0..self.layout.layers {
+            data.extend(c.k[l].to_vec());
+            data.extend(c.v[l].to_vec());
+        }
+        Some(KvChunk {
+            layout: self.layout,
+            tokens: c.tokens,
+            data,
+        })
+    }
+
+    /// Drops positions from `len` on (whole chunks only past it; a chunk
+    /// straddling `len` is cut).
+    pub fn truncate(&mut self, len: usize) -> Result<(), EngineError> {
+        while self.len > len {
+            let Some(last) = self.chunks.pop() else { break };
+            self.len -= last.tokens;
+            if self.len < len {
+                let keep = len - self.len;
+                let k = last
+                    .k
+                    .iter()
+                    .map(|t| t.rows(0, keep))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let v = last
+                    .v
+                    .iter()
+                    .map(|t| t.rows(0, keep))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.chunks.push(DeviceChunk { tokens: keep, k, v });
+                self.len = len;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn push_device_chunk(&mut self, c: DeviceChunk) {
+        self.len += c.tokens;
+        self.chunks.push(c);
+    }
+
+    pub(crate) fn layer_views(&self, layer: usize) -> (Vec<&Tensor>, Vec<&Tensor>) {
+        self.chunks
+            .iter()
+            .map(|c| (&c.k[layer], &c.v[layer]))
+            .unzip()
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        self.device
+    }
+}

@@ -1,0 +1,302 @@
+//! Tokenizer: a thin wrapper over the `tokenizers` crate.
+//!
+//! Loads any Hugging Face `tokenizer.json` (real Llama-2 and Llama-3 files,
+//! and the byte-level BPE that `cake model init` writes), and reads the
+//! special tokens and chat template from the `tokenizer_config.json` and
+//! `generation_config.json` beside it when they are there.
+//!
+//! Decoding keeps special tokens' text, so that `decode(encode(s)) == s` for
+//! every string with a byte-level tokenizer; callers that hide special
+//! tokens filter ids with [`Tokenizer::is_special`] first.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::EngineError;
+
+/// Names of the begin-of-sequence token in the tokenizers we know.
+const BOS_NAMES: &[&str] = &["<|begin_of_text|>", "<s>"];
+/// Names of end-of-sequence tokens in the tokenizers we know.
+const EOS_NAMES: &[&str] = &["<|end_of_text|>", "<|eot_id|>", "</s>"];
+
+/// A loaded tokenizer. Cloning is cheap (shared).
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tok: tokenizers::Tokenizer,
+    vocab_size: usize,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    chat_template: Option<String>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` (a file, or a folder holding one), and the
+    /// `tokenizer_config.json` / `generation_config.json` beside it if present.
+    pub fn from_file(path: &Path) -> Result<Tokenizer, EngineError> {
+        let file = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
+        let tok = tokenizers::Tokenizer::from_file(&file)
+            .map_err(|e| tok_err(format!("{}: {e}", file.display())))?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
+        let gen_config = read_json(&dir.join("generation_config.json"))?;
+        Ok(Tokenizer::assemble(
+            tok,
+            tok_config.as_ref(),
+            gen_config.as_ref(),
+        ))
+    }
+
+    /// A tokenizer from the text of a `tokenizer.json` and, optionally, of
+    /// a `tokenizer_config.json`.
+    pub fn from_json(
+        tokenizer_json: &str,
+        config_json: Option<&str>,
+    ) -> Result<Tokenizer, EngineError> {
+        let tok: tokenizers::Tokenizer = tokenizer_json.parse().map_err(tok_err)?;
+        let config = config_json
+            .map(serde_json::from_str::<Value>)
+            .transpose()
+            .map_err(|e| tok_err(format!("tokenizer_config.json: {e}")))?;
+        Ok(Tokenizer::assemble(tok, config.as_ref(), None))
+    }
+
+    fn assemble(
+        tok: tokenizers::Tokenizer,
+        config: Option<&Value>,
+        generation: Option<&Value>,
+    ) -> Tokenizer {
+        let vocab_size = tok.get_vocab_size(true);
+        let named = |v: Option<&Value>| v.and_then(token_name).and_then(|n| tok.token_to_id(&n));
+        let bos = named(config.and_then(|c| c.get("bos_token")))
+            .or_else(|| BOS_NAMES.iter().find_map(|n| tok.token_to_id(n)));
+        let mut eos: Vec<u32> = named(config.and_then(|c| c.get("eos_token")))
+            .into_iter()
+            .collect();
+        if let Some(ids) = generation.and_then(|g| g.get("eos_token_id")) {
+            eos.extend(ids_of(ids));
+        }
+        if eos.is_empty() {
+            eos.extend(EOS_NAMES.iter().filter_map(|n| tok.token_to_id(n)));
+        }
+        eos.retain(|&id| (id as usize) < vocab_size);
+        eos.sort_unstable();
+        eos.dedup();
+        let chat_template = config
+            .and_then(|c| c.get("chat_template"))
+            .and_then(template_of);
+        Tokenizer {
+            inner: Arc::new(Inner {
+                tok,
+                vocab_size,
+                bos,
+                eos,
+                chat_template,
+            }),
+        }
+    }
+
+    /// Token ids of `text`; with `add_bos`, the begin-of-sequence token is
+    /// put first (once: not again when the text already starts with it).
+    /// Special tokens written in the text (as chat templates do) are parsed.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, EngineError> {
+        let enc = self.inner.tok.encode(text, false).map_err(tok_err)?;
+        let ids = enc.get_ids();
+        match self.inner.bos {
+            Some(bos) if add_bos && ids.first() != Some(&bos) => {
+                let mut out = Vec::with_capacity(ids.len() + 1);
+                out.push(bos);
+                out.extend_from_slice(ids);
+                Ok(out)
+            }
+            _ => Ok(ids.to_vec()),
+        }
+    }
+
+    /// Text of `ids`, special tokens included. Ids outside the tokenizer's
+    /// vocabulary (a model's vocabulary may be larger) are skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let known: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| (id as usize) < self.inner.vocab_size)
+            .collect();
+        self.inner.tok.decode(&known, false).map_err(tok_err)
+    }
+
+    /// Number of tokens, added (special) tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.vocab_size
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.inner.bos
+    }
+
+    /// Every id that ends a sequence (e.g. `<|end_of_text|>` and `<|eot_id|>`).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.inner.eos.clone()
+    }
+
+    /// Whether `id` is a special (added) token such as `<|eot_id|>`.
+    pub fn is_special(&self, id: u32) -> bool {
+        let tok = &self.inner.tok;
+        tok.id_to_token(id)
+            .is_some_and(|t| tok.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// The text one token stands for, for display (e.g. in logprobs). A
+    /// token that is part of a multi-byte character shows as `\u{FFFD}`;
+    /// an unknown id shows as an empty string.
+    pub fn token_text(&self, id: u32) -> String {
+        if (id as usize) >= self.inner.vocab_size {
+            return String::new();
+        }
+        match self.inner.tok.decode(&[id], false) {
+            Ok(s) => s,
+            Err(_) => self.inner.tok.id_to_token(id).unwrap_or_default(),
+        }
+    }
+
+    /// The Jinja chat template from `tokenizer_config.json`, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        self.inner.chat_template.clone()
+    }
+
+    /// An incremental decoder for streaming output.
+    pub fn decode_stream(&self) -> DecodeStream {
+        DecodeStream {
+            tok: self.clone(),
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
+    }
+}
+
+/// Turns a stream of token ids into a stream of text pieces, holding back
+/// bytes of a character not yet complete (a multi-byte character may span
+/// several byte-level tokens).
+///
+/// It decodes a small window of ids each time, so that decoders that
+/// depend on context (e.g. SentencePiece's leading-space rule) give the
+/// same text as decoding everything at once.
+#[derive(Debug, Clone)]
+pub struct DecodeStream {
+    tok: Tokenizer,
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl DecodeStream {
+    /// Adds one token; returns the text that became final (maybe empty).
+    pub fn push(&mut self, id: u32) -> Result<String, EngineError> {
+        if (id as usize) >= self.tok.vocab_size() {
+            return Ok(String::new());
+        }
+        self.ids.push(id);
+        let prefix = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
+        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix) {
+            let new = text[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            self.compact();
+            Ok(new)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// The text still held back (an incomplete character decodes to
+    /// `\u{FFFD}`); call once the stream has ended.
+    pub fn finish(&mut self) -> Result<String, EngineError> {
+        let prefix = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        self.compact();
+        Ok(match text.strip_prefix(&prefix) {
+            Some(rest) => rest.to_string(),
+            None => String::new(),
+        })
+    }
+
+    /// Forgets ids no later decode needs, so memory stays bounded.
+    fn compact(&mut self) {
+        if self.prefix_offset > 64 {
+            self.ids.drain(..self.prefix_offset);
+            self.read_offset -= self.prefix_offset;
+            self.prefix_offset = 0;
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| tok_err(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(tok_err(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// `"<s>"` or `{"content": "<s>", ...}` (both spellings are in the wild).
+fn token_name(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A template string, or the `default` one of a list of named templates.
+fn template_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => {
+            let named = |name: &str| {
+                list.iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+            };
+            named("default")
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,129 @@
+//! Reading a checkpoint's tensors from `model.safetensors`, or from shards
+//! listed in `model.safetensors.index.json`, converting to f32.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::EngineError;
+
+/// The raw bytes of every shard, and which shard holds which tensor.
+pub(crate) struct Checkpoint {
+    shards: Vec<(PathBuf, Vec<u8>)>,
+    index: HashMap<String, usize>,
+}
+
+fn ckpt_err(path: &Path, reason: impl Into<String>) -> EngineError {
+    EngineError::Checkpoint {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Checkpoint {
+    /// Opens `dir`: the single-file layout or the sharded one.
+    pub(crate) fn open(dir: &Path) -> Result<Checkpoint, EngineError> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| ckpt_err(&index_path, e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ckpt_err(&index_path, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ckpt_err(&index_path, "no `weight_map` object"))?;
+            let names: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            return Err(ckpt_err(
+                dir,
+                "neither model.safetensors nor model.safetensors.index.json is there",
+            ));
+        };
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let bytes = std::fs::read(&path).map_err(|e| ckpt_err(&path, e.to_string()))?;
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| ckpt_err(&path, format!("not a valid safetensors file: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            shards.push((path, bytes));
+        }
+        Ok(Checkpoint { shards, index })
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Metadata of every tensor (name, dtype, shape), sorted by name: the
+    /// input of the model fingerprint.
+    pub(crate) fn metadata(&self) -> Vec<(String, String, Vec<usize>)> {
+        let mut out = Vec::new();
+        for (_, bytes) in &self.shards {
+            if let Ok(st) = SafeTensors::deserialize(bytes) {
+                for (name, view) in st.tensors() {
+                    out.push((name, format!("{:?}", view.dtype()), view.shape().to_vec()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Tensor `name` as f32, checked against `shape`.
+    pub(crate) fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+        let tensor_err = |reason: String| EngineError::Tensor {
+            name: name.to_string(),
+            reason,
+        };
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| tensor_err("missing from the checkpoint".into()))?;
+        let (path, bytes) = &self.shards[i];
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {e}")))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| tensor_err(format!("unreadable: {e}")))?;
+        if view.shape() != shape {
+            return Err(tensor_err(format!(
+                "shape {:?}, expected {shape:?}",
+                view.shape()
+            )));
+        }
+        let data = view.data();
+        let out: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(tensor_err(format!(
+                    "dtype {other:?} is not supported (F32, F16, BF16 are)"
+                )));
+            }
+        };
+        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+            return Err(tensor_err(format!("non-finite value at element {bad}")));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,190 @@
+//! The bidirectional loader's shared state for one request: a slot per
+//! chunk of the cached range, claimed by exactly one side (compute from the
+//! front, I/O from the back) before that side works on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::scheduler::Shared;
+use crate::KvChunk;
+use crate::kv::{ChunkContext, ChunkKey, KvStore, load_chunk};
+
+/// One chunk of the cached range.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// Stored and not claimed yet.
+    Stored,
+    /// Not stored (a hole): only compute can fill it.
+    Hole,
+    /// Claimed by compute.
+    Computing,
+    /// Claimed by I/O, load in flight since then. Compute may still take
+    /// it over (the load is then dropped) when it predicts computing the
+    /// chunk is quicker than waiting.
+    Loading(std::time::Instant),
+    /// Loaded, waiting for compute to reach it.
+    Loaded(KvChunk),
+    /// Taken into the request's KV cache.
+    Used,
+    /// The load failed (missing, corrupt, store down): compute takes it.
+    Failed,
+}
+
+/// Which chunks the I/O side loads, and in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoOrder {
+    /// From the back, stopping where compute has claimed (Cake).
+    BackToFront,
+    /// Every stored chunk from the front (load-only: compute never claims
+    /// a stored chunk, so all are loaded).
+    FrontToBack,
+}
+
+/// The shared plan of one request's cached range.
+#[derive(Debug)]
+pub(crate) struct LoadPlan {
+    slots: Mutex<Vec<Slot>>,
+    cancelled: AtomicBool,
+}
+
+impl LoadPlan {
+    pub(crate) fn new(stored: &[bool]) -> Arc<LoadPlan> {
+        Arc::new(LoadPlan {
+            slots: Mutex::new(
+                stored
+                    .iter()
+                    .map(|&s| if s { Slot::Stored } else { Slot::Hole })
+                    .collect(),
+            ),
+            cancelled: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
+        // A poisoned lock means a panic elsewhere; the slots themselves are
+        // always in a consistent state between statements.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// I/O claims chunk `i` when it is stored and unclaimed.
+    fn claim_for_io(&self, i: usize) -> bool {
+        let mut s = self.lock();
+        if matches!(s[i], Slot::Stored) {
+            s[i] = Slot::Loading(std::time::Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records a finished load, unless compute took the chunk over
+    /// meanwhile (then the loaded data is dropped).
+    fn finish_load(&self, i: usize, chunk: Option<KvChunk>) {
+        let mut s = self.lock();
+        if matches!(s[i], Slot::Loading(_)) {
+            s[i] = match chunk {
+                Some(c) => Slot::Loaded(c),
+                None => Slot::Failed,
+            };
+        }
+    }
+}
+
+/// Everything the I/O side of one request needs.
+pub(crate) struct IoJob {
+    pub plan: Arc<LoadPlan>,
+    pub store: Arc<dyn KvStore>,
+    pub keys: Vec<ChunkKey>,
+    pub ctx: ChunkContext,
+    pub order: IoOrder,
+    pub depth: usize,
+    pub meter: Arc<Shared>,
+    pub chunk_bytes: u64,
+    /// Chunks counted as queued I/O when the job was planned.
+    pub planned_chunks: u64,
+    /// Called after every load that finished (the scheduler's wake-up).
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Runs the I/O side: keeps up to `depth` loads in flight, claiming chunks
+/// in `order`; in `BackToFront` order it stops at the first chunk compute
+/// has claimed (the meeting point). Holes are skipped: they stay for
+/// compute, and a stored run after a hole is still loaded.
+pub(crate) async fn run_io(job: IoJob) {
+    let n = job.plan.lock().len();
+    let mut order: Box<dyn Iterator<Item = usize> + Send> = match job.order {
+        IoOrder::BackToFront => Box::new((0..n).rev()),
+        IoOrder::FrontToBack => Box::new(0..n),
+    };
+    let mut inflight = FuturesUnordered::new();
+    let mut exhausted = false;
+    let mut issued = 0u64;
+    let io = &job.meter.io;
+    loop {
+        while !exhausted && inflight.len() < job.depth && !job.plan.cancelled() {
+            let Some(i) = order.next() else {
+                exhausted = true;
+                break;
+            };
+            let stop = {
+                let s = job.plan.lock();
+                match s[i] {
+                    Slot::Stored => false,
+                    Slot::Hole => continue,
+                    // Compute got here first: the two sides have met.
+                    _ => job.order == IoOrder::BackToFront,
+                }
+            };
+            if stop {
+                exhausted = true;
+                break;
+            }
+            if !job.plan.claim_for_io(i) {
+                if job.order == IoOrder::BackToFront {
+                    exhausted = true;
+                    break;
+                }
+                continue;
+            }
+            let (store, ctx, key) = (job.store.clone(), job.ctx, job.keys[i]);
+            let meter = job.meter.clone();
+            let bytes = job.chunk_bytes;
+            issued += 1;
+            meter.io.begin();
+            inflight.push(async move {
+                let chunk = load_chunk(store.as_ref(), key, &ctx, i as u32).await;
+                meter.io.end(bytes, chunk.is_some());
+                (i, chunk)
+            });
+        }
+        if job.plan.cancelled() {
+            // Dropping the futures drops the loads in flight.
+            io.abandon(inflight.len() as u64);
+            io.unplan((job.planned_chunks.saturating_sub(issued)) * job.chunk_bytes);
+            io.unplan(inflight.len() as u64 * job.chunk_bytes);
+            return;
+        }
+        match inflight.next().await {
+            Some((i, chunk)) => {
+                job.plan.finish_load(i, chunk);
+                (job.wake)();
+            }
+            None => {
+                // Chunks compute took were planned as I/O but never loaded.
+                io.unplan(job.planned_chunks.saturating_sub(issued) * job.chunk_bytes);
+                return;
+            }
+        }
+    }
+}

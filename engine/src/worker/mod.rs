@@ -1,0 +1,22 @@
+//! The Worker API: an [`Engine`] runs one model for many requests — a step
+//! scheduler (continuous batching under a token budget) for compute and an
+//! I/O executor for chunk loads, shared by its requests.
+//!
+//! The gateway reaches an embedded worker through [`Engine`] directly and a
+//! remote one over HTTP with the same types ([`WorkRequest`],
+//! [`WorkEvent`], [`LoadReport`]).
+
+mod config;
+mod engine;
+mod loader;
+mod scheduler;
+mod seq;
+mod stats;
+mod types;
+
+pub use config::{BudgetOrder, EngineConfig};
+pub use engine::Engine;
+pub use types::{
+    Classification, LoadReport, RequestClass, Strategy, TokenEvent, Usage, WorkErrorKind,
+    WorkEvent, WorkOptions, WorkRequest,
+};

@@ -1,0 +1,283 @@
+//! The step scheduler: continuous batching under a token budget per step.
+//! Each step serves, in the configured order, decode tokens, fresh
+//! prefills and Cake's compute side; the I/O side runs independently on
+//! the runtime and wakes the scheduler as chunks arrive.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::config::{BudgetOrder, EngineConfig};
+use super::seq::{Next, Phase, Seq};
+use super::stats::{ComputeMeter, IoMeter};
+use super::types::{RequestClass, WorkErrorKind, WorkEvent};
+use crate::kv::{EncodedChunk, KvStore};
+use crate::{EngineError, Model, Tokenizer};
+
+/// Steps whose budget use is kept for reports (a ring).
+const STEP_HISTORY: usize = 4096;
+
+pub(crate) enum Msg {
+    New(Box<Seq>),
+    Wake,
+}
+
+/// State the scheduler, the I/O tasks and the engine's handles share.
+pub(crate) struct Shared {
+    pub compute: ComputeMeter,
+    pub io: IoMeter,
+    pub queued_compute_tokens: AtomicU64,
+    /// Requests submitted and not yet finished or cancelled.
+    pub running: AtomicU64,
+    /// Tokens used by each recent step.
+    pub steps: Mutex<VecDeque<u32>>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            compute: ComputeMeter::default(),
+            io: IoMeter::default(),
+            queued_compute_tokens: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            steps: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+pub(crate) struct Scheduler {
+    pub model: Arc<Model>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub store: Option<Arc<dyn KvStore>>,
+    pub cfg: EngineConfig,
+    pub rx: Receiver<Msg>,
+    pub shared: Arc<Shared>,
+    pub runtime: tokio::runtime::Handle,
+    pub waiting: VecDeque<Box<Seq>>,
+    pub active: Vec<Box<Seq>>,
+    /// Bytes of one stored chunk (for load-time predictions).
+    pub chunk_bytes: u64,
+}
+
+fn error_kind(e: &EngineError) -> WorkErrorKind {
+    match e {
+        EngineError::BadRequest(_) | EngineError::PromptTooLong { .. } => WorkErrorKind::BadRequest,
+        EngineError::Overloaded(_) => WorkErrorKind::Unavailable,
+        _ => WorkErrorKind::Internal,
+    }
+}
+
+impl Scheduler {
+    pub fn run(mut self) {
+        loop {
+            let mut disconnected = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Msg::New(s)) => self.waiting.push_back(s),
+                    Ok(Msg::Wake) => {}
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            self.reap();
+            while self.active.len() < self.cfg.max_running {
+                match self.waiting.pop_front() {
+                    Some(s) => self.active.push(s),
+                    None => break,
+                }
+            }
+            let used = self.step();
+            self.publish();
+            if used > 0 {
+                let mut steps = self.shared.steps.lock().unwrap_or_else(|e| e.into_inner());
+                if steps.len() == STEP_HISTORY {
+                    steps.pop_front();
+                }
+                steps.push_back(used as u32);
+                continue;
+            }
+            if disconnected && self.active.is_empty() && self.waiting.is_empty() {
+                return;
+            }
+            // Nothing runnable: wait for a request or a finished load.
+            match self.rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Msg::New(s)) => self.waiting.push_back(s),
+                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.active.is_empty() && self.waiting.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops finished requests and those whose client has gone (their
+    /// loads in flight are cancelled).
+    fn reap(&mut self) {
+        let running = &self.shared.running;
+        let keep = |s: &Box<Seq>| {
+            let gone = s.client_gone();
+            if gone || s.phase == Phase::Done {
+                if let Some(p) = &s.plan {
+                    p.cancel();
+                }
+                if gone && s.phase != Phase::Done {
+                    tracing::debug!(id = %s.req.id, "client gone; request cancelled");
+                }
+                let _ = running.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                    Some(r.saturating_sub(1))
+                });
+                false
+            } else {
+                true
+            }
+        };
+        self.active.retain(keep);
+        self.waiting.retain(keep);
+    }
+
+    fn publish(&self) {
+        let queued: usize = self
+            .active
+            .iter()
+            .chain(self.waiting.iter())
+            .map(|s| s.remaining_compute_tokens())
+            .sum();
+        self.shared
+            .queued_compute_tokens
+            .store(queued as u64, Ordering::Relaxed);
+    }
+
+    /// Order in which requests get this step's budget.
+    fn order(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.active.len()).collect();
+        if self.cfg.order == BudgetOrder::Adaptive {
+            // Stable sort keeps arrival order within a rank.
+            idx.sort_by_key(|&i| {
+                let s = &self.active[i];
+                match (s.phase, s.class) {
+                    (Phase::Decode, _) => 0,
+                    (_, RequestClass::Fresh) => 1,
+                    (_, RequestClass::Cached) => 2,
+                }
+            });
+        }
+        idx
+    }
+
+    /// Whether compute should take over a chunk whose load is in flight:
+    /// yes when the load is predicted to land later than compute would
+    /// finish the chunk (from the measured rates), and always before the
+    /// rates are measured (never worse than computing).
+    fn steal_rule(&self) -> impl Fn(Instant, usize) -> bool + use<> {
+        let (a, b) = self.shared.compute.fit();
+        let bw = self.shared.io.bandwidth();
+        let depth = self.cfg.io_queue_depth as f64;
+        let chunk_bytes = self.chunk_bytes as f64;
+        move |issued: Instant, chunk: usize| {
+            if a <= 0.0 || bw <= 0.0 {
+                return true;
+            }
+            let load_left = depth * chunk_bytes / bw - issued.elapsed().as_secs_f64();
+            let compute = a + b * chunk as f64;
+            load_left > compute
+        }
+    }
+
+    /// Runs one step; returns the tokens it computed.
+    fn step(&mut self) -> usize {
+        let budget_total = self.cfg.token_budget;
+        let mut budget = budget_total;
+        let steal = self.steal_rule();
+        let mut results = Vec::new();
+        for i in self.order() {
+            if budget == 0 {
+                break;
+            }
+            let (model, tok) = (self.model.clone(), self.tokenizer.clone());
+            let seq = &mut self.active[i];
+            let res = (|| -> Result<bool, EngineError> {
+                match seq.next(&steal)? {
+                    Next::Finished | Next::Blocked => Ok(false),
+                    Next::Decode => {
+                        seq.run_decode(&model, &tok)?;
+                        budget -= 1;
+                        Ok(false)
+                    }
+                    Next::Prefill { start, end } => {
+                        let n = end - start;
+                        if n > budget {
+                            return Ok(false);
+                        }
+                        let t = Instant::now();
+                        let done = seq.run_prefill(&model, &tok, start, end)?;
+                        self.shared.compute.record(
+                            start / seq.chunk_tokens,
+                            n,
+                            seq.chunk_tokens,
+                            t.elapsed().as_secs_f64(),
+                        );
+                        budget -= n;
+                        Ok(done)
+                    }
+                }
+            })();
+            results.push((i, res));
+        }
+        drop(steal);
+        for (i, res) in results {
+            match res {
+                Ok(true) => self.write_back(i),
+                Ok(false) => {}
+                Err(e) => {
+                    let seq = &mut self.active[i];
+                    tracing::warn!(id = %seq.req.id, error = %e, "request failed on the worker");
+                    seq.send(WorkEvent::Error {
+                        kind: error_kind(&e),
+                        message: e.to_string(),
+                    });
+                    seq.phase = Phase::Done;
+                }
+            }
+        }
+        budget_total - budget
+    }
+
+    /// Writes the full chunks this request computed and the store lacks,
+    /// behind the request.
+    fn write_back(&self, i: usize) {
+        let (Some(store), true) = (&self.store, self.cfg.write_back) else {
+            return;
+        };
+        let seq = &self.active[i];
+        let Some(ctx) = seq.ctx else { return };
+        let mut chunks = Vec::new();
+        for &c in &seq.computed_chunks {
+            if c >= seq.keys.len() || seq.stored.get(c).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(kv) = seq.cache.chunk(c) else { continue };
+            match EncodedChunk::encode(seq.keys[c], &ctx, c as u32, &kv) {
+                Ok(e) => chunks.push(e),
+                Err(e) => tracing::warn!(error = %e, "could not encode a chunk for write-back"),
+            }
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        let store = store.clone();
+        self.runtime.spawn(async move {
+            for c in chunks {
+                if let Err(e) = store.put(c).await {
+                    tracing::debug!(error = %e, "write-back of a chunk failed");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,288 @@
+//! One request inside a worker: its prompt plan, KV cache, decoding state
+//! and counters. The scheduler decides when; this decides what is next.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::loader::{LoadPlan, Slot};
+use super::types::{RequestClass, Strategy, TokenEvent, Usage, WorkEvent, WorkRequest};
+use crate::generate::logprob_of;
+use crate::kv::{ChunkContext, ChunkKey};
+use crate::{
+    Decoding, EngineError, GenerateOptions, KvCache, Model, SamplingParams, TokenLogprob,
+    Tokenizer,
+};
+
+/// What a request needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Compute prompt tokens `start..end` (one aligned chunk or the final
+    /// piece).
+    Prefill { start: usize, end: usize },
+    /// One decode token.
+    Decode,
+    /// Waiting for a load to finish.
+    Blocked,
+    /// Nothing left.
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Prefill,
+    Decode,
+    Done,
+}
+
+pub(crate) struct Seq {
+    pub req: WorkRequest,
+    pub events: UnboundedSender<WorkEvent>,
+    pub arrival: Instant,
+    pub class: RequestClass,
+    pub strategy: Strategy,
+    pub keys: Vec<ChunkKey>,
+    pub stored: Vec<bool>,
+    /// Chunks `0..cached_end` form the range the loader works on.
+    pub cached_end: usize,
+    pub plan: Option<Arc<LoadPlan>>,
+    pub chunk_tokens: usize,
+    pub cache: KvCache,
+    /// Next chunk of the cached range for the compute side.
+    pub front: usize,
+    pub phase: Phase,
+    pub decoding: Decoding,
+    pub logits: Vec<f32>,
+    pub loaded_tokens: usize,
+    pub computed_tokens: usize,
+    /// Full chunks this request computed (candidates for write-back).
+    pub computed_chunks: Vec<usize>,
+    pub ttft: Option<f64>,
+    pub prompt_logprobs: Vec<Option<TokenLogprob>>,
+    pub worker: Arc<str>,
+    /// Chunk context of the request's namespace (with a store).
+    pub ctx: Option<ChunkContext>,
+}
+
+pub(crate) fn generate_options(req: &WorkRequest, chunk_tokens: usize) -> GenerateOptions {
+    let o = &req.options;
+    GenerateOptions {
+        sampling: SamplingParams {
+            temperature: o.temperature,
+            top_p: o.top_p,
+            top_k: o.top_k,
+            repetition_penalty: o.repetition_penalty,
+            seed: o.seed,
+        },
+        max_tokens: o.max_tokens,
+        min_tokens: o.min_tokens,
+        stop: o.stop.clone(),
+        ignore_eos: o.ignore_eos,
+        logprobs: o.logprobs,
+        prompt_logprobs: o.prompt_logprobs,
+        chunk_tokens,
+    }
+}
+
+impl Seq {
+    pub fn prompt_len(&self) -> usize {
+        self.req.prompt.len()
+    }
+
+    /// Tokens of the cached range still to be computed or loaded, and of
+    /// those how many the compute side may still need (for load reports).
+    pub fn remaining_compute_tokens(&self) -> usize {
+        match self.phase {
+            Phase::Prefill => self.prompt_len().saturating_sub(self.cache.len()),
+            Phase::Decode => 1,
+            Phase::Done => 0,
+        }
+    }
+
+    /// Decides the next piece of work, taking loaded chunks at the front
+    /// into the cache on the way (they cost no compute).
+    ///
+    /// `steal(issued, chunk)` says whether compute should take over chunk
+    /// `chunk` whose load has been in flight since `issued` rather than
+    /// wait for it.
+    pub fn next(&mut self, steal: &dyn Fn(Instant, usize) -> bool) -> Result<Next, EngineError> {
+        match self.phase {
+            Phase::Done => return Ok(Next::Finished),
+            Phase::Decode => return Ok(Next::Decode),
+            Phase::Prefill => {}
+        }
+        let c = self.chunk_tokens;
+        while self.front < self.cached_end {
+            let Some(plan) = &self.plan else { break };
+            let mut slots = plan.lock();
+            let i = self.front;
+            match std::mem::replace(&mut slots[i], Slot::Used) {
+                Slot::Loaded(chunk) => {
+                    drop(slots);
+                    self.cache.push_chunk(chunk)?;
+                    self.loaded_tokens += c;
+                    self.front += 1;
+                }
+                Slot::Stored if self.strategy == Strategy::Load => {
+                    // Load-only: stored chunks are the I/O side's.
+                    slots[i] = Slot::Stored;
+                    return Ok(Next::Blocked);
+                }
+                Slot::Loading(issued) => {
+                    if self.strategy == Strategy::Load || !steal(issued, i) {
+                        slots[i] = Slot::Loading(issued);
+                        return Ok(Next::Blocked);
+                    }
+                    // The two sides met on a load that would finish later
+                    // than compute can: compute takes it, the load is
+                    // dropped when it lands.
+                    slots[i] = Slot::Computing;
+                    return Ok(Next::Prefill {
+                        start: i * c,
+                        end: (i + 1) * c,
+                    });
+                }
+                Slot::Stored | Slot::Hole | Slot::Failed => {
+                    slots[i] = Slot::Computing;
+                    return Ok(Next::Prefill {
+                        start: i * c,
+                        end: (i + 1) * c,
+                    });
+                }
+                // Claimed by us in an earlier step that had no budget left.
+                Slot::Computing => {
+                    slots[i] = Slot::Computing;
+                    return Ok(Next::Prefill {
+                        start: i * c,
+                        end: (i + 1) * c,
+                    });
+                }
+                other @ Slot::Used => {
+                    slots[i] = other;
+                    return Err(EngineError::BadRequest(format!(
+                        "loader invariant broken: chunk {i} already taken"
+                    )));
+                }
+            }
+        }
+        let start = self.cache.len();
+        let end = ((start / c + 1) * c).min(self.prompt_len());
+        Ok(Next::Prefill { start, end })
+    }
+
+    /// Runs a prefill piece chosen by [`Seq::next`]. Returns true when the
+    /// prompt is done (the first token was produced).
+    pub fn run_prefill(
+        &mut self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        start: usize,
+        end: usize,
+    ) -> Result<bool, EngineError> {
+        let tokens = &self.req.prompt[start..end];
+        let last = end == self.prompt_len();
+        if self.req.options.prompt_logprobs {
+            let logits = model.forward(&mut self.cache, tokens)?.into_vec();
+            let v = model.config().vocab_size;
+            if start == 0 {
+                self.prompt_logprobs.push(None);
+            }
+            let top = self.req.options.logprobs.unwrap_or(0);
+            for (r, row) in logits.chunks(v).enumerate() {
+                let i = start + r + 1;
+                if i < self.prompt_len() {
+                    self.prompt_logprobs
+                        .push(Some(logprob_of(row, self.req.prompt[i], top)));
+                } else {
+                    self.logits = row.to_vec();
+                }
+            }
+        } else if last {
+            self.logits = model.forward_last(&mut self.cache, tokens)?;
+        } else {
+            model.forward_no_logits(&mut self.cache, tokens)?;
+        }
+        self.computed_tokens += end - start;
+        if end - start == self.chunk_tokens && start % self.chunk_tokens == 0 {
+            self.computed_chunks.push(start / self.chunk_tokens);
+        }
+        if start / self.chunk_tokens == self.front && self.front < self.cached_end {
+            if let Some(plan) = &self.plan {
+                plan.lock()[self.front] = Slot::Used;
+            }
+            self.front += 1;
+        }
+        if last {
+            self.phase = Phase::Decode;
+            if self.req.options.prompt_logprobs {
+                let logprobs = std::mem::take(&mut self.prompt_logprobs);
+                self.send(WorkEvent::PromptLogprobs { logprobs });
+            }
+            if self.req.options.max_tokens == 0 {
+                self.finish("length");
+            } else {
+                self.sample(tokenizer)?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// One decode step: run the last sampled token, sample the next.
+    pub fn run_decode(&mut self, model: &Model, tokenizer: &Tokenizer) -> Result<(), EngineError> {
+        let Some(&tok) = self.decoding.tokens().last() else {
+            return Err(EngineError::BadRequest("decode before the first token".into()));
+        };
+        self.logits = model.forward_last(&mut self.cache, &[tok])?;
+        self.sample(tokenizer)
+    }
+
+    fn sample(&mut self, tokenizer: &Tokenizer) -> Result<(), EngineError> {
+        let step = self.decoding.step(tokenizer, &self.logits)?;
+        if self.ttft.is_none() {
+            self.ttft = Some(self.arrival.elapsed().as_secs_f64());
+        }
+        self.send(WorkEvent::Token(TokenEvent {
+            token: step.token,
+            text: step.text_delta,
+            logprob: step.logprob,
+        }));
+        if let Some(f) = step.finish {
+            self.finish(f.as_str());
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, reason: &str) {
+        self.phase = Phase::Done;
+        let usage = self.usage();
+        self.send(WorkEvent::Done {
+            finish_reason: reason.to_string(),
+            usage,
+        });
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len(),
+            completion_tokens: self.decoding.tokens().len(),
+            cached_tokens: self.stored[..self.cached_end].iter().filter(|&&s| s).count()
+                * self.chunk_tokens,
+            loaded_tokens: self.loaded_tokens,
+            computed_tokens: self.computed_tokens,
+            ttft_ms: self.ttft.unwrap_or(0.0) * 1e3,
+            total_ms: self.arrival.elapsed().as_secs_f64() * 1e3,
+            strategy: self.strategy.as_str().to_string(),
+            worker: self.worker.to_string(),
+        }
+    }
+
+    /// Sends an event; a closed receiver means the client is gone.
+    pub fn send(&self, e: WorkEvent) {
+        let _ = self.events.send(e);
+    }
+
+    pub fn client_gone(&self) -> bool {
+        self.events.is_closed()
+    }
+}

@@ -1,0 +1,259 @@
+//! The worker end to end: every strategy gives bitwise-identical results
+//! for any pattern of stored chunks, holes and failed loads; cancellation
+//! and overload behave.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cake_engine::init::{Dtype, preset, write_checkpoint};
+use cake_engine::kv::{
+    ChunkContext, EncodedChunk, KvStore, Link, MemoryStore, ThrottledStore, chunk_keys,
+};
+use cake_engine::worker::{
+    Engine, EngineConfig, RequestClass, Strategy, TokenEvent, Usage, WorkEvent, WorkOptions,
+    WorkRequest,
+};
+use cake_engine::{Device, Model, Rng, Tokenizer};
+use proptest::prelude::*;
+
+const CHUNK: usize = 16;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &dir).unwrap();
+    Fixture {
+        model: Arc::new(Model::load(&dir, Device::Cpu).unwrap()),
+        tokenizer: Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap()),
+        _tmp: tmp,
+    }
+}
+
+fn config(strategy: Strategy) -> EngineConfig {
+    EngineConfig {
+        chunk_tokens: CHUNK,
+        token_budget: 4 * CHUNK,
+        strategy,
+        ..Default::default()
+    }
+}
+
+fn prompt(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.below(vocab as u64) as u32).collect()
+}
+
+fn request(prompt: &[u32], strategy: Option<Strategy>) -> WorkRequest {
+    WorkRequest {
+        id: "t".into(),
+        prompt: prompt.to_vec(),
+        options: WorkOptions {
+            max_tokens: 4,
+            temperature: 0.0,
+            ignore_eos: true,
+            logprobs: Some(5),
+            ..Default::default()
+        },
+        cache_group: "g".into(),
+        strategy,
+    }
+}
+
+async fn run(engine: &Engine, req: WorkRequest) -> (Vec<TokenEvent>, Usage) {
+    let mut rx = engine.submit(req).unwrap();
+    let mut toks = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("no event within 30 s")
+            .expect("stream ended without Done");
+        match ev {
+            WorkEvent::Token(t) => toks.push(t),
+            WorkEvent::Done { usage, .. } => return (toks, usage),
+            WorkEvent::Error { message, .. } => panic!("request failed: {message}"),
+            WorkEvent::PromptLogprobs { .. } => {}
+        }
+    }
+}
+
+/// Stores every full chunk of `prompt` (computed by a compute-only run
+/// with write-back), then removes `holes` and replaces `corrupt` chunks by
+/// ones that fail the reader's checks.
+async fn populate(
+    f: &Fixture,
+    store: Arc<dyn KvStore>,
+    prompt: &[u32],
+    holes: &[usize],
+    corrupt: &[usize],
+) {
+    let engine = Engine::start(
+        f.model.clone(),
+        f.tokenizer.clone(),
+        Some(store.clone()),
+        config(Strategy::Compute),
+    )
+    .unwrap();
+    run(&engine, request(prompt, None)).await;
+    // Write-back happens behind the request: wait for it to land.
+    let ns = engine.namespace("g");
+    let keys = chunk_keys(&ns, prompt);
+    for _ in 0..200 {
+        if store.lookup(&keys).await.iter().all(Option::is_some) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.lookup(&keys).await.iter().all(Option::is_some));
+    let ctx = ChunkContext::new(&ns, f.model.layout());
+    for &h in holes {
+        store.delete(keys[h]).await.unwrap();
+    }
+    for &c in corrupt {
+        let good = store.get(keys[c]).await.unwrap().decode(&ctx, c as u32).unwrap();
+        // Right key, wrong chunk index inside: the reader rejects it.
+        let bad = EncodedChunk::encode(keys[c], &ctx, c as u32 + 1000, &good).unwrap();
+        store.delete(keys[c]).await.unwrap();
+        store.put(bad).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategies_agree_bitwise_and_use_the_store() {
+    let f = fixture();
+    let p = prompt(6 * CHUNK + 5, 3, f.tokenizer.vocab_size());
+    let mem: Arc<dyn KvStore> = Arc::new(MemoryStore::new(64 << 20));
+    populate(&f, mem.clone(), &p, &[], &[]).await;
+    let engine = Engine::start(
+        f.model.clone(),
+        f.tokenizer.clone(),
+        Some(mem.clone()),
+        config(Strategy::Cake),
+    )
+    .unwrap();
+    let c = engine.classify(&p, "g").await;
+    assert_eq!(c.class, Some(RequestClass::Cached));
+    assert_eq!(c.cached_tokens, 6 * CHUNK);
+    assert_eq!(
+        engine.classify(&p, "other-group").await.class,
+        Some(RequestClass::Fresh)
+    );
+    let (reference, u) = run(&engine, request(&p, Some(Strategy::Compute))).await;
+    assert_eq!(u.computed_tokens, p.len());
+    assert_eq!(u.cached_tokens, 6 * CHUNK);
+    for s in [Strategy::Load, Strategy::Cake, Strategy::Auto] {
+        let (toks, u) = run(&engine, request(&p, Some(s))).await;
+        assert_eq!(toks, reference, "{s:?} differs from compute-only");
+        assert_eq!(u.loaded_tokens + u.computed_tokens, p.len(), "{s:?}: {u:?}");
+        assert_eq!(u.prompt_tokens, p.len());
+        assert_eq!(u.completion_tokens, 4);
+        if s == Strategy::Load {
+            assert_eq!(u.loaded_tokens, 6 * CHUNK, "{u:?}");
+        }
+    }
+}
+
+fn equivalence_case(stored_mask: u8, corrupt_mask: u8, strategy: Strategy, bw: u64, latency_us: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let f = fixture();
+        let p = prompt(6 * CHUNK + 3, 11, f.tokenizer.vocab_size());
+        let holes: Vec<usize> = (0..6).filter(|i| stored_mask & (1 << i) == 0).collect();
+        let corrupt: Vec<usize> = (0..6)
+            .filter(|i| stored_mask & (1 << i) != 0 && corrupt_mask & (1 << i) != 0)
+            .collect();
+        let mem: Arc<dyn KvStore> = Arc::new(MemoryStore::new(64 << 20));
+        populate(&f, mem.clone(), &p, &holes, &corrupt).await;
+        let link = Arc::new(Link::new(bw, Duration::from_micros(latency_us)));
+        let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem, link, false));
+        // No write-back: the reference run must not fill the holes.
+        let cfg = EngineConfig {
+            write_back: false,
+            ..config(Strategy::Cake)
+        };
+        let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), Some(store), cfg).unwrap();
+        let (reference, _) = run(&engine, request(&p, Some(Strategy::Compute))).await;
+        let (toks, u) = run(&engine, request(&p, Some(strategy))).await;
+        assert_eq!(toks, reference, "{strategy:?}, holes {holes:?}, corrupt {corrupt:?}");
+        assert_eq!(u.loaded_tokens + u.computed_tokens, p.len(), "{u:?}");
+        let loadable = 6 - holes.len() - corrupt.len();
+        assert!(u.loaded_tokens <= loadable * CHUNK, "{u:?} with {loadable} loadable");
+        if strategy == Strategy::Load {
+            assert_eq!(u.loaded_tokens, loadable * CHUNK, "{u:?}");
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// Any holes, any failed loads, any meeting point (the link's speed
+    /// moves it): the tokens and their log-probabilities are bitwise those
+    /// of compute-only.
+    #[test]
+    fn every_strategy_matches_compute_only(
+        stored_mask in 0u8..64,
+        corrupt_mask in 0u8..64,
+        strategy in prop::sample::select(vec![Strategy::Load, Strategy::Cake, Strategy::Auto]),
+        bw in prop::sample::select(vec![0u64, 2_000_000, 20_000_000, 200_000_000]),
+        latency_us in 0u64..3000,
+    ) {
+        equivalence_case(stored_mask, corrupt_mask, strategy, bw, latency_us);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_receiver_cancels_and_others_still_run() {
+    let f = fixture();
+    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, config(Strategy::Cake)).unwrap();
+    let p = prompt(40, 5, f.tokenizer.vocab_size());
+    let mut long = request(&p, None);
+    long.options.max_tokens = 2000;
+    let mut rx = engine.submit(long).unwrap();
+    // Take one token, then hang up.
+    loop {
+        if let Some(WorkEvent::Token(_)) = rx.recv().await {
+            break;
+        }
+    }
+    drop(rx);
+    let (toks, _) = run(&engine, request(&p, None)).await;
+    assert_eq!(toks.len(), 4);
+    // The cancelled request no longer counts as running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.load_report().running, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_bad_requests_are_refused_at_submit() {
+    let f = fixture();
+    let cfg = EngineConfig {
+        max_running: 1,
+        max_waiting: 0,
+        ..config(Strategy::Cake)
+    };
+    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg).unwrap();
+    let p = prompt(20, 5, f.tokenizer.vocab_size());
+    let mut long = request(&p, None);
+    long.options.max_tokens = 500;
+    let _rx = engine.submit(long).unwrap();
+    let err = engine.submit(request(&p, None)).unwrap_err();
+    assert!(err.to_string().contains("overloaded"), "{err}");
+
+    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, config(Strategy::Cake)).unwrap();
+    let mut bad = request(&p, None);
+    bad.options.temperature = -1.0;
+    assert!(engine.submit(bad).unwrap_err().to_string().contains("temperature"));
+    let too_long = request(&vec![1; f.model.max_context() + 1], None);
+    assert!(engine.submit(too_long).is_err());
+    let oov = request(&[u32::MAX], None);
+    assert!(engine.submit(oov).unwrap_err().to_string().contains("vocabulary"));
+}

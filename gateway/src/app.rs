@@ -1,0 +1,210 @@
+//! Putting a gateway or a worker together from a [`Config`]: the model's
+//! tokenizer and shape, the workers (embedded engines share one model and
+//! one KV store), the pool and its health checks, the listener.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cake_engine::worker::{Engine, EngineConfig};
+use cake_engine::{Device, Model, Tokenizer};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, PolicyConfig, ServerConfig, WorkerKind};
+use crate::http::{ServerHandle, serve};
+use crate::stack::{AppState, ModelInfo, build};
+use crate::worker::{CakeWorker, EmbeddedWorker, OpenAiWorker, Worker, WorkerPool, WorkerSlot};
+
+/// Why a gateway or worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("model {path}: {reason}")]
+    Model { path: String, reason: String },
+    #[error("engine: {0}")]
+    Engine(#[from] cake_engine::EngineError),
+    #[error("kv store: {0}")]
+    Kv(#[from] cake_engine::kv::KvError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+fn model_err(dir: &Path, reason: impl ToString) -> StartError {
+    StartError::Model {
+        path: dir.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What the gateway needs to know of the model in `dir`: its tokenizer,
+/// context length and vocabulary size (from `config.json`, unless
+/// `[model] max_context` says otherwise).
+pub fn model_info(cfg: &Config, dir: &Path) -> Result<ModelInfo, StartError> {
+    let tokenizer = Tokenizer::from_file(dir).map_err(|e| model_err(dir, e))?;
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| model_err(dir, format!("config.json: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| model_err(dir, format!("config.json: {e}")))?;
+    let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+    let max_context = match cfg.model.max_context {
+        0 => num("max_position_embeddings")
+            .ok_or_else(|| model_err(dir, "config.json has no max_position_embeddings"))?,
+        n => n,
+    };
+    let vocab_size = num("vocab_size").unwrap_or_else(|| tokenizer.vocab_size());
+    Ok(ModelInfo::new(
+        &cfg.model.served_name(),
+        tokenizer,
+        max_context,
+        vocab_size,
+    ))
+}
+
+/// The engines of `cfg`'s embedded workers (one model, one store, shared)
+/// or, with `only`, one engine named after `[engine] name`.
+pub fn start_engines(
+    cfg: &Config,
+    dir: &Path,
+    names: &[String],
+) -> Result<Vec<Engine>, StartError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = Device::parse(&cfg.engine.device)
+        .map_err(|e| model_err(dir, format!("engine.device = {:?}: {e}", cfg.engine.device)))?;
+    tracing::info!(model = %dir.display(), "loading the model");
+    let model = Arc::new(Model::load(dir, device)?);
+    let tokenizer = Arc::new(Tokenizer::from_file(dir)?);
+    let store = cake_engine::kv::build_store(&cfg.kv, &cfg.data_dir())?;
+    names
+        .iter()
+        .map(|name| {
+            let ec = EngineConfig {
+                name: name.clone(),
+                ..cfg.engine.clone()
+            };
+            Ok(Engine::start(
+                model.clone(),
+                tokenizer.clone(),
+                Some(store.clone()),
+                ec,
+            )?)
+        })
+        .collect()
+}
+
+/// Every configured worker, reachable (embedded engines started).
+pub fn build_workers(cfg: &Config, dir: &Path) -> Result<Vec<WorkerSlot>, StartError> {
+    let workers = cfg.effective_workers();
+    let embedded: Vec<String> = workers
+        .iter()
+        .filter(|w| w.kind == WorkerKind::Embedded)
+        .map(|w| w.name.clone())
+        .collect();
+    let mut engines = start_engines(cfg, dir, &embedded)?.into_iter();
+    let served = cfg.model.served_name();
+    let mut slots = Vec::new();
+    for w in &workers {
+        let timeout = Duration::from_millis(w.timeout_ms);
+        let worker: Arc<dyn Worker> = match w.kind {
+            WorkerKind::Embedded => match engines.next() {
+                Some(e) => Arc::new(EmbeddedWorker::new(e)),
+                None => continue,
+            },
+            WorkerKind::Cake => Arc::new(CakeWorker::new(&w.name, &w.url, timeout)),
+            WorkerKind::Openai => {
+                let model = if w.upstream_model.is_empty() {
+                    &served
+                } else {
+                    &w.upstream_model
+                };
+                Arc::new(OpenAiWorker::new(
+                    &w.name, &w.url, model, &w.api_key, timeout,
+                ))
+            }
+        };
+        slots.push(WorkerSlot::new(
+            worker,
+            timeout,
+            Duration::from_millis(w.idle_timeout_ms),
+        ));
+    }
+    Ok(slots)
+}
+
+/// A running gateway.
+pub struct Gateway {
+    handle: ServerHandle,
+    pool: Arc<WorkerPool>,
+    health: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Serves on `listener` with these workers. Call inside a runtime.
+    pub fn start(
+        server: &ServerConfig,
+        policy: &PolicyConfig,
+        model: ModelInfo,
+        slots: Vec<WorkerSlot>,
+        listener: TcpListener,
+    ) -> Result<Gateway, StartError> {
+        crate::telemetry::install();
+        let pool = Arc::new(WorkerPool::new(slots, server.down_after_failures));
+        for s in pool.slots() {
+            crate::telemetry::worker_up(s.name(), true);
+        }
+        let health = pool.spawn_health_checks(Duration::from_millis(server.health_interval_ms));
+        let state = Arc::new(AppState {
+            server: server.clone(),
+            policy: policy.clone(),
+            model: Arc::new(model),
+            pool: pool.clone(),
+        });
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let handle = serve(
+            listener,
+            build(state),
+            Duration::from_millis(server.read_timeout_ms),
+        )
+        .map_err(|source| StartError::Listen { addr, source })?;
+        Ok(Gateway {
+            handle,
+            pool,
+            health,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.handle.local_addr()
+    }
+
+    pub fn pool(&self) -> &Arc<WorkerPool> {
+        &self.pool
+    }
+
+    /// Stops accepting; requests in flight finish.
+    pub async fn shutdown(self) {
+        self.health.abort();
+        self.handle.shutdown().await;
+    }
+
+    /// Runs until the process ends.
+    pub async fn wait(self) {
+        self.handle.wait().await;
+    }
+}
+
+/// Binds `addr`.
+pub async fn listen(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}

@@ -1,0 +1,168 @@
+//! `cake serve`, `cake worker` and `cake config check`: parse arguments,
+//! load the config, put the parts together (`cake_gateway::app`), run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cake_gateway::Config;
+use cake_gateway::worker::{EmbeddedWorker, Worker, serve_worker};
+use clap::{Args, Subcommand};
+
+/// `cake serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (default: built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `server.listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data folder: synthetic models and the disk KV cache (overrides
+    /// `server.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Checkpoint folder to serve (overrides `model.path`).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// `cake worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Config file (its `[model]`, `[engine]`, `[kv]` and `[server]`
+    /// sections are used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `server.worker_listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data folder (overrides `server.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Checkpoint folder to serve (overrides `model.path`).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// `cake config ...`.
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate a config file without starting anything.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// The checkpoint folder: `model.path`, or the synthetic preset created
+/// under the data folder on first start.
+fn model_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
+    if !cfg.model.path.as_os_str().is_empty() {
+        return Ok(cfg.model.path.clone());
+    }
+    super::model_dir::ensure_preset(&cfg.model.preset, cfg.model.seed, &cfg.data_dir())
+}
+
+fn apply(
+    cfg: &mut Config,
+    data_dir: Option<PathBuf>,
+    model: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if let Some(d) = data_dir {
+        cfg.server.data_dir = d;
+    }
+    if let Some(m) = model {
+        cfg.model.path = m;
+    }
+    cfg.validate()?;
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn until_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        cfg.server.listen = l;
+    }
+    apply(&mut cfg, args.data_dir, args.model)?;
+    let dir = model_dir(&cfg)?;
+    runtime()?.block_on(async move {
+        let info = cake_gateway::model_info(&cfg, &dir)?;
+        let slots = cake_gateway::build_workers(&cfg, &dir)?;
+        let listener = cake_gateway::listen(&cfg.server.listen).await?;
+        let gw = cake_gateway::Gateway::start(&cfg.server, &cfg.policy, info, slots, listener)?;
+        tracing::info!(
+            listen = %gw.local_addr(),
+            model = %cfg.model.served_name(),
+            workers = gw.pool().slots().len(),
+            "cake gateway serving (OpenAI API under /v1)"
+        );
+        tokio::select! {
+            _ = until_ctrl_c() => tracing::info!("shutting down"),
+            _ = gw.wait() => {}
+        }
+        Ok(())
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut cfg = load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        cfg.server.worker_listen = l;
+    }
+    apply(&mut cfg, args.data_dir, args.model)?;
+    let dir = model_dir(&cfg)?;
+    runtime()?.block_on(async move {
+        cake_gateway::install_metrics();
+        let name = cfg.engine.name.clone();
+        let engine = cake_gateway::start_engines(&cfg, &dir, &[name])?
+            .pop()
+            .context("no engine started")?;
+        let worker: Arc<dyn Worker> = Arc::new(EmbeddedWorker::new(engine));
+        let listener = cake_gateway::listen(&cfg.server.worker_listen).await?;
+        let read_timeout = Duration::from_millis(cfg.server.read_timeout_ms);
+        let handle = serve_worker(listener, worker, read_timeout)?;
+        tracing::info!(listen = %handle.local_addr(), worker = %cfg.engine.name, "cake worker serving");
+        tokio::select! {
+            _ = until_ctrl_c() => tracing::info!("shutting down"),
+            _ = handle.wait() => {}
+        }
+        Ok(())
+    })
+}
+
+pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Check { file } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok ({} worker(s), {} tenant(s), model {})",
+                file.display(),
+                cfg.effective_workers().len(),
+                cfg.tenants.len(),
+                cfg.model.served_name()
+            );
+            Ok(())
+        }
+    }
+}

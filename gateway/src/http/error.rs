@@ -1,0 +1,51 @@
+//! Where a [`GatewayError`] becomes an HTTP response — the only place.
+//! The body is OpenAI's: `{"error": {"message", "type", "code", "param"}}`.
+
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use super::{Body, json_response};
+use crate::error::GatewayError;
+
+fn status(e: &GatewayError) -> StatusCode {
+    use GatewayError::*;
+    match e {
+        MalformedJson(_) | InvalidField { .. } | BodyRead(_) => StatusCode::BAD_REQUEST,
+        Unauthorized => StatusCode::UNAUTHORIZED,
+        UnknownModel(_) | NotFound { .. } => StatusCode::NOT_FOUND,
+        BodyTooLarge { .. } | PromptTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        NoHealthyWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerFailed { .. } => StatusCode::BAD_GATEWAY,
+        WorkerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The error body alone (also sent as the last event of a broken stream).
+pub fn error_body(e: &GatewayError) -> serde_json::Value {
+    json!({
+        "error": {
+            "message": e.to_string(),
+            "type": e.error_type(),
+            "code": e.code(),
+            "param": e.param(),
+        }
+    })
+}
+
+/// The response for `e`.
+pub fn error_response(e: &GatewayError) -> Response<Body> {
+    let mut r = json_response(status(e), &error_body(e));
+    if let GatewayError::RateLimited { retry_after, .. } = e {
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+    }
+    if matches!(e, GatewayError::NoHealthyWorker(_)) {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}

@@ -1,0 +1,57 @@
+//! The `cake` binary: serving, workers, model and config tools, benchmarks.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "cake",
+    version,
+    about = "Cake: compute and load KV cache at once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The gateway: OpenAI-compatible HTTP in front of the workers.
+    Serve(cmd::serve::ServeArgs),
+    /// One engine over HTTP, for a gateway elsewhere.
+    Worker(cmd::serve::WorkerArgs),
+    /// Config files.
+    Config {
+        #[command(subcommand)]
+        command: cmd::serve::ConfigCommand,
+    },
+    /// Model checkpoints.
+    Model {
+        #[command(subcommand)]
+        command: cmd::model::ModelCommand,
+    },
+    /// Benchmarks (release builds; figures are ratios measured in one run).
+    Bench {
+        #[command(subcommand)]
+        command: cmd::bench::BenchCommand,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => cmd::serve::serve(args),
+        Command::Worker(args) => cmd::serve::worker(args),
+        Command::Config { command } => cmd::serve::config(command),
+        Command::Model { command } => cmd::model::run(command),
+        Command::Bench { command } => cmd::bench::run(command),
+    }
+}

@@ -1,0 +1,89 @@
+//! Workers as the gateway sees them: one trait, [`Worker`], for an engine
+//! in this process ([`EmbeddedWorker`]), a `cake worker` over HTTP
+//! ([`CakeWorker`]), any OpenAI-compatible server ([`OpenAiWorker`]) and
+//! a [`MockWorker`] for tests and benchmarks. [`WorkerPool`] keeps their
+//! health and the gateway's in-flight ledger; [`serve_worker`] is the HTTP
+//! side of `cake worker`.
+
+mod client;
+mod embedded;
+mod mock;
+mod openai;
+mod pool;
+mod remote;
+mod server;
+
+use std::time::Duration;
+
+use cake_engine::worker::{Classification, LoadReport, WorkEvent, WorkRequest};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::config::WorkerKind;
+
+pub use embedded::EmbeddedWorker;
+pub use mock::{MockOptions, MockWorker};
+pub use openai::OpenAiWorker;
+pub use pool::{InFlight, WorkerPool, WorkerSlot};
+pub use remote::CakeWorker;
+pub use server::{WorkerServer, serve_worker};
+
+/// A request's events, in order; dropping the stream cancels the work.
+pub type EventStream = BoxStream<'static, Result<WorkEvent, WorkerError>>;
+
+/// What can go wrong talking to a worker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkerError {
+    /// Could not reach it, or the connection broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// It did not answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// It is overloaded or shutting down; another may take the request.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// It refused the request as wrong.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// It does not do this (e.g. classify on an OpenAI server).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// It failed inside.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl WorkerError {
+    /// Whether another worker may be tried (nothing was done).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Unreachable(_) | WorkerError::Timeout(_) | WorkerError::Unavailable(_)
+        )
+    }
+
+    /// Whether this counts against the worker's health.
+    pub fn is_health_failure(&self) -> bool {
+        matches!(self, WorkerError::Unreachable(_) | WorkerError::Timeout(_))
+    }
+}
+
+/// One worker, however it is reached. Futures are `'static` so they can be
+/// raced against timeouts and client disconnects.
+pub trait Worker: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn kind(&self) -> WorkerKind;
+    /// Starts a request; events follow on the stream.
+    fn submit(&self, req: WorkRequest) -> BoxFuture<'static, Result<EventStream, WorkerError>>;
+    /// Which of the prompt's full chunks are stored (one presence lookup).
+    fn classify(
+        &self,
+        prompt: Vec<u32>,
+        cache_group: String,
+    ) -> BoxFuture<'static, Result<Classification, WorkerError>>;
+    /// The worker's own load report.
+    fn load(&self) -> BoxFuture<'static, Result<LoadReport, WorkerError>>;
+    /// Answers when it can take requests.
+    fn health(&self) -> BoxFuture<'static, Result<(), WorkerError>>;
+}

@@ -1,0 +1,242 @@
+//! Any OpenAI-compatible server (vLLM, SGLang, another gateway) as a
+//! worker. A request goes upstream as a streaming `/v1/completions` call
+//! with the prompt as token ids (so the gateway's chat template and
+//! tokenizer decide the prompt, as with any worker); text chunks come back
+//! as tokens. It cannot classify, and its load is what the gateway's
+//! ledger says it has in flight.
+//!
+//! Upstream text pieces carry no token ids, so tokens here have id 0 and
+//! per-token log-probabilities are not passed through.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use cake_engine::worker::{Classification, LoadReport, TokenEvent, Usage, WorkEvent, WorkRequest};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use http::Method;
+use serde_json::{Value, json};
+
+use super::client::{HttpClient, lines};
+use super::{EventStream, Worker, WorkerError};
+use crate::config::WorkerKind;
+
+/// See the module docs.
+pub struct OpenAiWorker {
+    name: String,
+    model: String,
+    http: HttpClient,
+}
+
+impl OpenAiWorker {
+    pub fn new(name: &str, url: &str, model: &str, api_key: &str, timeout: Duration) -> Self {
+        let bearer = (!api_key.is_empty()).then(|| api_key.to_string());
+        OpenAiWorker {
+            name: name.to_string(),
+            model: model.to_string(),
+            http: HttpClient::new(url, timeout, bearer),
+        }
+    }
+}
+
+fn upstream_body(model: &str, req: &WorkRequest) -> Value {
+    let o = &req.options;
+    let mut b = json!({
+        "model": model,
+        "prompt": req.prompt,
+        "max_tokens": o.max_tokens,
+        "temperature": o.temperature,
+        "top_p": o.top_p,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(m) = b.as_object_mut() {
+        if let Some(seed) = o.seed {
+            m.insert("seed".into(), json!(seed));
+        }
+        if !o.stop.is_empty() {
+            m.insert("stop".into(), json!(o.stop));
+        }
+        // vLLM's extras, sent only when they differ from the defaults so
+        // that strict OpenAI servers are not bothered by them.
+        if o.ignore_eos {
+            m.insert("ignore_eos".into(), json!(true));
+        }
+        if o.min_tokens > 0 {
+            m.insert("min_tokens".into(), json!(o.min_tokens));
+        }
+        if o.top_k > 0 {
+            m.insert("top_k".into(), json!(o.top_k));
+        }
+        if o.repetition_penalty != 1.0 {
+            m.insert("repetition_penalty".into(), json!(o.repetition_penalty));
+        }
+    }
+    b
+}
+
+/// Turns upstream SSE lines into work events.
+struct Translate {
+    worker: String,
+    started: Instant,
+    ttft_ms: Option<f64>,
+    tokens: usize,
+    prompt_tokens: usize,
+    finish: Option<String>,
+    usage: Option<Value>,
+    done: bool,
+}
+
+impl Translate {
+    fn done_event(&mut self) -> WorkEvent {
+        self.done = true;
+        let u = self.usage.take().unwrap_or(Value::Null);
+        let num = |v: &Value| v.as_u64().map(|x| x as usize);
+        let prompt_tokens = num(&u["prompt_tokens"]).unwrap_or(self.prompt_tokens);
+        let cached = num(&u["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0);
+        WorkEvent::Done {
+            finish_reason: self.finish.take().unwrap_or_else(|| "stop".into()),
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: num(&u["completion_tokens"]).unwrap_or(self.tokens),
+                cached_tokens: cached,
+                loaded_tokens: cached,
+                computed_tokens: prompt_tokens.saturating_sub(cached),
+                ttft_ms: self.ttft_ms.unwrap_or(0.0),
+                total_ms: self.started.elapsed().as_secs_f64() * 1e3,
+                strategy: String::new(),
+                worker: self.worker.clone(),
+            },
+        }
+    }
+
+    /// Events for one SSE line (maybe none).
+    fn line(&mut self, line: &str) -> Result<Vec<WorkEvent>, WorkerError> {
+        let Some(data) = line.strip_prefix("data:") else {
+            return Ok(Vec::new());
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(if self.done {
+                vec![]
+            } else {
+                vec![self.done_event()]
+            });
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| WorkerError::Internal(format!("bad upstream chunk: {e}: {data}")))?;
+        if let Some(err) = v.get("error") {
+            return Err(WorkerError::Internal(format!("upstream error: {err}")));
+        }
+        if v.get("usage").is_some_and(|u| !u.is_null()) {
+            self.usage = v.get("usage").cloned();
+        }
+        let mut out = Vec::new();
+        if let Some(choice) = v["choices"].as_array().and_then(|c| c.first()) {
+            let text = choice["text"].as_str().unwrap_or_default();
+            if !text.is_empty() {
+                self.ttft_ms
+                    .get_or_insert_with(|| self.started.elapsed().as_secs_f64() * 1e3);
+                self.tokens += 1;
+                out.push(WorkEvent::Token(TokenEvent {
+                    token: 0,
+                    text: text.to_string(),
+                    logprob: None,
+                }));
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                self.finish = Some(f.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Worker for OpenAiWorker {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> WorkerKind {
+        WorkerKind::Openai
+    }
+
+    fn submit(&self, req: WorkRequest) -> BoxFuture<'static, Result<EventStream, WorkerError>> {
+        let http = self.http.clone();
+        let body = upstream_body(&self.model, &req);
+        let tr = Translate {
+            worker: self.name.clone(),
+            started: Instant::now(),
+            ttft_ms: None,
+            tokens: 0,
+            prompt_tokens: req.prompt.len(),
+            finish: None,
+            usage: None,
+            done: false,
+        };
+        async move {
+            let body =
+                serde_json::to_vec(&body).map_err(|e| WorkerError::Internal(e.to_string()))?;
+            let resp = http
+                .send(Method::POST, "/v1/completions", Some(body))
+                .await?;
+            let src = Box::pin(lines(resp.into_body()));
+            let state = (src, tr, VecDeque::new());
+            let events =
+                futures::stream::unfold(state, |(mut src, mut tr, mut pending)| async move {
+                    loop {
+                        if let Some(ev) = pending.pop_front() {
+                            return Some((ev, (src, tr, pending)));
+                        }
+                        if tr.done {
+                            return None;
+                        }
+                        match src.next().await {
+                            Some(Ok(line)) => match tr.line(&line) {
+                                Ok(evs) => pending.extend(evs.into_iter().map(Ok)),
+                                Err(e) => {
+                                    tr.done = true;
+                                    pending.push_back(Err(e));
+                                }
+                            },
+                            Some(Err(e)) => {
+                                tr.done = true;
+                                pending.push_back(Err(e));
+                            }
+                            None if tr.finish.is_some() => pending.push_back(Ok(tr.done_event())),
+                            None => {
+                                tr.done = true;
+                                pending.push_back(Err(WorkerError::Unreachable(
+                                    "upstream stream ended early".into(),
+                                )));
+                            }
+                        }
+                    }
+                });
+            let events: EventStream = Box::pin(events);
+            Ok(events)
+        }
+        .boxed()
+    }
+
+    fn classify(
+        &self,
+        _prompt: Vec<u32>,
+        _cache_group: String,
+    ) -> BoxFuture<'static, Result<Classification, WorkerError>> {
+        futures::future::ready(Err(WorkerError::Unsupported("classify"))).boxed()
+    }
+
+    fn load(&self) -> BoxFuture<'static, Result<LoadReport, WorkerError>> {
+        futures::future::ready(Ok(LoadReport {
+            worker: self.name.clone(),
+            ..LoadReport::default()
+        }))
+        .boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'static, Result<(), WorkerError>> {
+        let http = self.http.clone();
+        async move { http.send(Method::GET, "/health", None).await.map(|_| ()) }.boxed()
+    }
+}

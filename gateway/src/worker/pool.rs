@@ -1,0 +1,225 @@
+//! The gateway's workers: health (down after N failures, back when a check
+//! answers), their last load reports, and the in-flight ledger (what the
+//! gateway sent each worker and has not seen finish), so placement never
+//! waits for a worker's report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cake_engine::worker::{Classification, LoadReport};
+
+use super::{Worker, WorkerError};
+use crate::config::PlacementPolicy;
+use crate::telemetry as tm;
+
+/// One worker and what the gateway knows of it.
+pub struct WorkerSlot {
+    pub worker: Arc<dyn Worker>,
+    /// Longest wait for control calls and a response's head.
+    pub timeout: Duration,
+    /// Longest gap between two events of one request.
+    pub idle_timeout: Duration,
+    up: AtomicBool,
+    failures: AtomicU32,
+    in_flight: AtomicU64,
+    in_flight_tokens: AtomicU64,
+    load: ArcSwap<LoadReport>,
+}
+
+impl WorkerSlot {
+    pub fn new(worker: Arc<dyn Worker>, timeout: Duration, idle_timeout: Duration) -> WorkerSlot {
+        WorkerSlot {
+            worker,
+            timeout,
+            idle_timeout,
+            up: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            in_flight: AtomicU64::new(0),
+            in_flight_tokens: AtomicU64::new(0),
+            load: ArcSwap::from_pointee(LoadReport::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.worker.name()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn last_load(&self) -> Arc<LoadReport> {
+        self.load.load_full()
+    }
+}
+
+/// Marks a request in flight on a worker until dropped.
+pub struct InFlight {
+    slot: Arc<WorkerSlot>,
+    tokens: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.slot
+            .in_flight_tokens
+            .fetch_sub(self.tokens, Ordering::SeqCst);
+        tm::worker_in_flight(self.slot.name(), self.slot.in_flight());
+    }
+}
+
+/// See the module docs.
+pub struct WorkerPool {
+    slots: Vec<Arc<WorkerSlot>>,
+    down_after: u32,
+    next: AtomicUsize,
+}
+
+impl WorkerPool {
+    pub fn new(slots: Vec<WorkerSlot>, down_after_failures: u32) -> WorkerPool {
+        WorkerPool {
+            slots: slots.into_iter().map(Arc::new).collect(),
+            down_after: down_after_failures.max(1),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn slots(&self) -> &[Arc<WorkerSlot>] {
+        &self.slots
+    }
+
+    pub fn healthy(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_up()).count()
+    }
+
+    /// Records a failure; the worker goes down after `down_after_failures`
+    /// in a row.
+    pub fn failure(&self, slot: &WorkerSlot, why: &WorkerError) {
+        let n = slot.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        tm::worker_failure(slot.name());
+        if n >= self.down_after && slot.up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(worker = slot.name(), failures = n, error = %why, "worker marked down");
+            tm::worker_up(slot.name(), false);
+        }
+    }
+
+    /// Records an answer; a down worker comes back.
+    pub fn success(&self, slot: &WorkerSlot) {
+        slot.failures.store(0, Ordering::SeqCst);
+        if !slot.up.swap(true, Ordering::SeqCst) {
+            tracing::info!(worker = slot.name(), "worker back up");
+            tm::worker_up(slot.name(), true);
+        }
+    }
+
+    /// Healthy workers in the order to try them.
+    pub fn candidates(&self, policy: PlacementPolicy) -> Vec<Arc<WorkerSlot>> {
+        let n = self.slots.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut c: Vec<Arc<WorkerSlot>> = (0..n)
+            .map(|i| self.slots[(start + i) % n].clone())
+            .filter(|s| s.is_up())
+            .collect();
+        if policy == PlacementPolicy::LeastLoaded {
+            // Stable: equal loads keep the rotated order.
+            c.sort_by_key(|s| {
+                let tokens = s.in_flight_tokens.load(Ordering::SeqCst);
+                let reported = s.load.load().queued_compute_tokens;
+                (tokens.max(reported), s.in_flight())
+            });
+        }
+        c
+    }
+
+    /// Puts a request on a worker's ledger.
+    pub fn begin(&self, slot: &Arc<WorkerSlot>, prompt_tokens: usize) -> InFlight {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        slot.in_flight_tokens
+            .fetch_add(prompt_tokens as u64, Ordering::SeqCst);
+        tm::worker_in_flight(slot.name(), slot.in_flight());
+        InFlight {
+            slot: slot.clone(),
+            tokens: prompt_tokens as u64,
+        }
+    }
+
+    /// One presence lookup, on the first healthy worker that can answer;
+    /// `None` when none can (the request is then `fresh`).
+    pub async fn classify(&self, prompt: &[u32], cache_group: &str) -> Option<Classification> {
+        for slot in self.slots.iter().filter(|s| s.is_up()) {
+            // A prompt shorter than one chunk has nothing stored: no need
+            // to ask (once the worker has said its chunk size).
+            let chunk = slot.last_load().chunk_tokens as usize;
+            if chunk > 0 && prompt.len() < chunk {
+                return Some(Classification::default());
+            }
+            let call = slot
+                .worker
+                .classify(prompt.to_vec(), cache_group.to_string());
+            match tokio::time::timeout(slot.timeout, call).await {
+                Ok(Ok(c)) => return Some(c),
+                Ok(Err(WorkerError::Unsupported(_))) => continue,
+                Ok(Err(e)) => {
+                    tracing::debug!(worker = slot.name(), error = %e, "classify failed");
+                    if e.is_health_failure() {
+                        self.failure(slot, &e);
+                    }
+                }
+                Err(_) => {
+                    self.failure(slot, &WorkerError::Timeout(slot.timeout));
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks every worker once: health, then (when up) its load.
+    pub async fn check_all(&self) {
+        let checks = self.slots.iter().map(|slot| async move {
+            let health = tokio::time::timeout(slot.timeout, slot.worker.health()).await;
+            match health {
+                Ok(Ok(())) => self.success(slot),
+                Ok(Err(e)) => {
+                    self.failure(slot, &e);
+                    return;
+                }
+                Err(_) => {
+                    self.failure(slot, &WorkerError::Timeout(slot.timeout));
+                    return;
+                }
+            }
+            if let Ok(Ok(report)) = tokio::time::timeout(slot.timeout, slot.worker.load()).await {
+                tm::worker_load(slot.name(), &report);
+                slot.load.store(Arc::new(report));
+            }
+        });
+        futures::future::join_all(checks).await;
+    }
+
+    /// Checks every `interval` until the pool is dropped.
+    pub fn spawn_health_checks(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.check_all().await;
+            }
+        })
+    }
+}

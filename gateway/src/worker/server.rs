@@ -1,0 +1,168 @@
+//! The HTTP side of `cake worker`: one [`Worker`] (an engine) served with
+//! the protocol [`super::CakeWorker`] speaks (see `remote.rs`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cake_engine::worker::{WorkErrorKind, WorkEvent, WorkRequest};
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::remote::ClassifyBody;
+use super::{Worker, WorkerError};
+use crate::http::{Body, ServerHandle, json_response, serve, stream_body};
+
+/// Largest request body a worker reads (token ids are small; 64 MiB is
+/// far above any context).
+const MAX_BODY: usize = 64 << 20;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct WorkerServer {
+    worker: Arc<dyn Worker>,
+}
+
+impl WorkerServer {
+    pub fn new(worker: Arc<dyn Worker>) -> WorkerServer {
+        WorkerServer { worker }
+    }
+}
+
+/// Serves `worker` on `listener`.
+pub fn serve_worker(
+    listener: TcpListener,
+    worker: Arc<dyn Worker>,
+    read_timeout: Duration,
+) -> std::io::Result<ServerHandle> {
+    serve(listener, WorkerServer::new(worker), read_timeout)
+}
+
+fn error(status: StatusCode, kind: WorkErrorKind, message: String) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"kind": kind, "message": message}}),
+    )
+}
+
+fn worker_error(e: WorkerError) -> Response<Body> {
+    let (status, kind) = match &e {
+        WorkerError::BadRequest(_) => (StatusCode::BAD_REQUEST, WorkErrorKind::BadRequest),
+        WorkerError::Unavailable(_) | WorkerError::Unreachable(_) | WorkerError::Timeout(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, WorkErrorKind::Unavailable)
+        }
+        WorkerError::Unsupported(_) => (StatusCode::NOT_FOUND, WorkErrorKind::BadRequest),
+        WorkerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, WorkErrorKind::Internal),
+    };
+    error(status, kind, e.to_string())
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                WorkErrorKind::BadRequest,
+                format!("reading body: {e}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            WorkErrorKind::BadRequest,
+            format!("body: {e}"),
+        )
+    })
+}
+
+async fn handle(worker: Arc<dyn Worker>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/worker/v1/submit") => {
+            let work: WorkRequest = match read_json(req).await {
+                Ok(w) => w,
+                Err(r) => return r,
+            };
+            match worker.submit(work).await {
+                Ok(events) => {
+                    // One event per line; the stream (and the engine's
+                    // receiver in it) is dropped when the gateway hangs up.
+                    let lines = events.map(|ev| {
+                        let ev = ev.unwrap_or_else(|e| WorkEvent::Error {
+                            kind: if e.retryable() {
+                                WorkErrorKind::Unavailable
+                            } else {
+                                WorkErrorKind::Internal
+                            },
+                            message: e.to_string(),
+                        });
+                        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                        line.push(b'\n');
+                        Bytes::from(line)
+                    });
+                    let mut r = Response::new(stream_body(lines));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/x-ndjson"),
+                    );
+                    r
+                }
+                Err(e) => worker_error(e),
+            }
+        }
+        (Method::POST, "/worker/v1/classify") => {
+            let body: ClassifyBody = match read_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match worker.classify(body.prompt, body.cache_group).await {
+                Ok(c) => json_response(StatusCode::OK, &json!(c)),
+                Err(e) => worker_error(e),
+            }
+        }
+        (Method::GET, "/worker/v1/load") => match worker.load().await {
+            Ok(l) => json_response(StatusCode::OK, &json!(l)),
+            Err(e) => worker_error(e),
+        },
+        (Method::GET, "/health") => match worker.health().await {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &json!({"status": "ok", "worker": worker.name()}),
+            ),
+            Err(e) => worker_error(e),
+        },
+        (m, p) => error(
+            StatusCode::NOT_FOUND,
+            WorkErrorKind::BadRequest,
+            format!("no route for {m} {p}"),
+        ),
+    }
+}
+
+impl tower::Service<Request<Incoming>> for WorkerServer {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let worker = self.worker.clone();
+        Box::pin(async move { Ok(handle(worker, req).await) })
+    }
+}

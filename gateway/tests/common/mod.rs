@@ -1,0 +1,155 @@
+//! Shared fixtures: a gateway on 127.0.0.1 in front of mock workers, and a
+//! small HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cake_gateway::config::{PolicyConfig, ServerConfig};
+use cake_gateway::worker::{MockOptions, MockWorker, Worker, WorkerSlot};
+use cake_gateway::{Gateway, ModelInfo};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const MODEL: &str = "tiny";
+pub const CONTEXT: usize = 1024;
+
+pub fn model() -> ModelInfo {
+    cake_gateway::bench::synthetic_model(MODEL, 512, CONTEXT).unwrap()
+}
+
+pub fn mock(name: &str) -> MockWorker {
+    MockWorker::new(name, MockOptions::default())
+}
+
+pub fn slow_mock(name: &str, delay_ms: u64) -> MockWorker {
+    MockWorker::new(
+        name,
+        MockOptions {
+            token_delay: Duration::from_millis(delay_ms),
+            ..MockOptions::default()
+        },
+    )
+}
+
+pub fn slot(w: Arc<dyn Worker>) -> WorkerSlot {
+    WorkerSlot::new(w, Duration::from_secs(2), Duration::from_secs(5))
+}
+
+pub fn server_config() -> ServerConfig {
+    ServerConfig {
+        health_interval_ms: 50,
+        down_after_failures: 2,
+        read_timeout_ms: 2_000,
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn start(slots: Vec<WorkerSlot>, server: ServerConfig) -> Gateway {
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    Gateway::start(&server, &PolicyConfig::default(), model(), slots, l).unwrap()
+}
+
+/// A gateway in front of one mock worker.
+pub async fn start_with(m: &MockWorker) -> Gateway {
+    start(vec![slot(Arc::new(m.clone()))], server_config()).await
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `data:` payloads of a server-sent event stream.
+    pub fn events(&self) -> Vec<String> {
+        let t = self.text();
+        assert!(t.ends_with("\n\n"), "events end with a blank line: {t:?}");
+        t.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                e.strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("not an SSE data line: {e:?}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Asserts an OpenAI error body and returns it.
+    pub fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let v = self.json();
+        let e = &v["error"];
+        assert!(
+            e["message"].is_string() && e["type"].is_string() && e["code"].is_string(),
+            "{v}"
+        );
+        v
+    }
+}
+
+pub async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+        .await
+        .expect("body not finished within 20 s")
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
+    request(addr, Method::POST, path, body).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, Method::GET, path, "").await
+}
+
+/// Polls `f` until it holds (at most 5 s).
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

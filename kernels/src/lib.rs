@@ -1,0 +1,33 @@
+//! `cake-kernels`: the tensor math a Llama forward pass needs.
+//!
+//! Model code sees only [`Tensor`], [`Device`] and the functions in [`ops`];
+//! each op dispatches on the tensor's device, so a GPU backend slots in
+//! beside the CPU one without touching the model. The CPU backend always
+//! works and is the reference every other backend is tested against.
+//!
+//! Results are deterministic: the same inputs give the same bits whatever
+//! the thread count, and `matmul_t` and `attention` compute each output row
+//! the same way whether it comes alone or in a batch (the engine relies on
+//! prefill in two calls matching one call bitwise). The CPU backend runs
+//! AVX-512 kernels where the CPU has them; each has a portable twin that
+//! performs the same operations in the same order (also built for AVX2 +
+//! FMA, for x86 CPUs without AVX-512), so all give the same
+//! bits (`CAKE_KERNELS_ISA=avx512|fma|portable` picks one the CPU supports).
+//!
+//! This crate depends on no other workspace crate.
+#![allow(unsafe_code)]
+
+mod cpu;
+mod error;
+pub mod ops;
+mod rate;
+mod rope;
+mod tensor;
+
+pub use error::KernelError;
+pub use rate::gemm_gflops;
+pub use rope::{RopeScaling, RopeTable};
+pub use tensor::{Device, Tensor};
+
+/// Result of a kernel call.
+pub type Result<T> = std::result::Result<T, KernelError>;

@@ -1,0 +1,227 @@
+//! The ops model code calls. Each checks shapes and devices, then runs
+//! the backend of the tensors' device.
+
+use crate::error::shape_err;
+use crate::{KernelError, Result, RopeTable, Tensor, cpu, tensor::Device};
+
+fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    let d = ts.first().map(|t| t.device()).unwrap_or_default();
+    if ts.iter().any(|t| t.device() != d) {
+        return Err(KernelError::Device { op });
+    }
+    Ok(d)
+}
+
+/// `x[m, k] · w[n, k]ᵀ → [m, n]`: a linear layer with weights in the
+/// Hugging Face `[out_features, in_features]` layout.
+///
+/// Deterministic: each output element is one chain of fused multiply-adds
+/// in `k` order starting from `+0.0`, so row `i` of the result has the same
+/// bits whatever `m` is (1 row or a whole chunk), however many threads run
+/// and whichever instruction set is used.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (xs, ws) = (x.shape(), w.shape());
+    if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
+        return Err(shape_err("matmul_t", format!("x {xs:?} · w {ws:?}ᵀ")));
+    }
+    let (m, k, n) = (xs[0], xs[1], ws[0]);
+    match same_device("matmul_t", &[x, w])? {
+        Device::Cpu => {
+            let mut out = vec![0.0; m * n];
+            cpu::matmul_t(x.cpu(), w.cpu(), &mut out, m, k, n);
+            Tensor::from_vec(out, &[m, n], Device::Cpu)
+        }
+    }
+}
+
+/// Root-mean-square normalisation of each row of `x[m, d]`, times `w[d]`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let (xs, ws) = (x.shape(), w.shape());
+    let d = *xs.last().unwrap_or(&0);
+    if ws != [d] {
+        return Err(shape_err("rms_norm", format!("x {xs:?}, weight {ws:?}")));
+    }
+    match same_device("rms_norm", &[x, w])? {
+        Device::Cpu => {
+            let mut out = vec![0.0; x.len()];
+            cpu::rms_norm(x.cpu(), w.cpu(), eps, d, &mut out);
+            Tensor::from_vec(out, xs, Device::Cpu)
+        }
+    }
+}
+
+/// Rotary embeddings applied in place to `x[m, heads, head_dim]`, row `r`
+/// being at position `pos0 + r`.
+pub fn rope_inplace(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()> {
+    let xs = x.shape().to_vec();
+    if xs.len() != 3
+        || xs[2] != table.head_dim()
+        || !xs[2].is_multiple_of(2)
+        || table.inv_freq().len() != xs[2] / 2
+    {
+        return Err(shape_err(
+            "rope",
+            format!("x {xs:?} with head_dim {}", table.head_dim()),
+        ));
+    }
+    match x.device() {
+        Device::Cpu => {
+            cpu::rope(x.cpu_mut(), xs[1], xs[2], pos0, table.inv_freq());
+            Ok(())
+        }
+    }
+}
+
+/// `silu(gate) * up`, elementwise (the SwiGLU activation).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        return Err(shape_err(
+            "silu_mul",
+            format!("gate {:?}, up {:?}", gate.shape(), up.shape()),
+        ));
+    }
+    match same_device("silu_mul", &[gate, up])? {
+        Device::Cpu => {
+            let mut out = vec![0.0; gate.len()];
+            cpu::silu_mul(gate.cpu(), up.cpu(), &mut out);
+            Tensor::from_vec(out, gate.shape(), Device::Cpu)
+        }
+    }
+}
+
+/// `x += y`, elementwise (residual connections).
+pub fn add_inplace(x: &mut Tensor, y: &Tensor) -> Result<()> {
+    if x.shape() != y.shape() {
+        return Err(shape_err(
+            "add",
+            format!("{:?} + {:?}", x.shape(), y.shape()),
+        ));
+    }
+    match same_device("add", &[x, y])? {
+        Device::Cpu => {
+            cpu::add_inplace(x.cpu_mut(), y.cpu());
+            Ok(())
+        }
+    }
+}
+
+/// Softmax of each row of `x[.., d]`, in place.
+pub fn softmax_inplace(x: &mut Tensor) -> Result<()> {
+    let d = *x.shape().last().unwrap_or(&0);
+    match x.device() {
+        Device::Cpu => {
+            if d > 0 {
+                x.cpu_mut().chunks_mut(d).for_each(cpu::softmax_row);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Rows of the embedding table `table[vocab, d]` for `ids`.
+pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let ts = table.shape();
+    if ts.len() != 2 {
+        return Err(shape_err("embedding", format!("table {ts:?}")));
+    }
+    let (vocab, d) = (ts[0], ts[1]);
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(shape_err(
+            "embedding",
+            format!("token id {bad} out of vocabulary of {vocab}"),
+        ));
+    }
+    match table.device() {
+        Device::Cpu => {
+            let t = table.cpu();
+            let mut out = Vec::with_capacity(ids.len() * d);
+            for &i in ids {
+                out.extend_from_slice(&t[i as usize * d..(i as usize + 1) * d]);
+            }
+            Tensor::from_vec(out, &[ids.len(), d], Device::Cpu)
+        }
+    }
+}
+
+/// Causal attention of a chunk of queries over a KV cache held as chunks.
+///
+/// `q[m, n_heads, head_dim]` holds queries at positions `q_pos0..q_pos0+m`.
+/// `keys[i]` and `values[i]` are `[t_i, kv_heads, head_dim]`, in position
+/// order from position 0, and must cover at least `q_pos0 + m` positions
+/// (the queries' own KV included). Query row `r` attends to positions
+/// `0..=q_pos0 + r`. `n_heads` must be a multiple of `kv_heads`
+/// (grouped-query attention). Computed in tiles of queries × 64 keys with
+/// an online softmax: no score matrix over the whole context is ever built.
+///
+/// Deterministic: a query row's result depends only on that row, its
+/// position and the cached keys/values — not on how many rows share the
+/// call, how the cache is cut into chunks, or the thread schedule. So a
+/// prefill split into several calls gives the same bits as one call.
+pub fn attention(
+    q: &Tensor,
+    q_pos0: usize,
+    keys: &[&Tensor],
+    values: &[&Tensor],
+    scale: f32,
+) -> Result<Tensor> {
+    let qs = q.shape();
+    if qs.len() != 3 {
+        return Err(shape_err("attention", format!("q {qs:?}")));
+    }
+    let (m, n_heads, hd) = (qs[0], qs[1], qs[2]);
+    if keys.len() != values.len() || keys.is_empty() {
+        return Err(shape_err(
+            "attention",
+            format!("{} key chunks, {} value chunks", keys.len(), values.len()),
+        ));
+    }
+    let kv_heads = keys[0].shape().get(1).copied().unwrap_or(0);
+    let mut total = 0;
+    for (k, v) in keys.iter().zip(values) {
+        let ks = k.shape();
+        if ks.len() != 3 || ks[1] != kv_heads || ks[2] != hd || v.shape() != ks {
+            return Err(shape_err(
+                "attention",
+                format!("kv chunk k {ks:?} v {:?} for q {qs:?}", v.shape()),
+            ));
+        }
+        total += ks[0];
+    }
+    if kv_heads == 0 || n_heads % kv_heads != 0 {
+        return Err(shape_err(
+            "attention",
+            format!("{n_heads} query heads over {kv_heads} kv heads"),
+        ));
+    }
+    if total < q_pos0 + m {
+        return Err(shape_err(
+            "attention",
+            format!("kv covers {total} positions, queries reach {}", q_pos0 + m),
+        ));
+    }
+    let mut all: Vec<&Tensor> = vec![q];
+    all.extend(keys.iter().copied());
+    all.extend(values.iter().copied());
+    match same_device("attention", &all)? {
+        Device::Cpu => {
+            let ks: Vec<&[f32]> = keys.iter().map(|k| k.cpu()).collect();
+            let vs: Vec<&[f32]> = values.iter().map(|v| v.cpu()).collect();
+            let mut out = vec![0.0; q.len()];
+            cpu::attention(
+                q.cpu(),
+                cpu::AttnShape {
+                    m,
+                    n_heads,
+                    kv_heads,
+                    hd,
+                    q_pos0,
+                },
+                &ks,
+                &vs,
+                scale,
+                &mut out,
+            );
+            Tensor::from_vec(out, qs, Device::Cpu)
+        }
+    }
+}

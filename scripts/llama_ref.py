@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""An independent reference Llama forward pass, NumPy only.
+
+Reads a Hugging Face checkpoint folder (config.json, model.safetensors or
+shards with model.safetensors.index.json; F32, F16 or BF16 weights), runs
+the token ids through the model in float64, and prints the logits as JSON:
+{"logits": [[...vocab...], ...one row per token...]}.
+
+Written from the transformers Llama code's formulas, sharing nothing with
+the Rust engine, so the engine's test can compare against it:
+RMSNorm, rotary embeddings in the "rotate half" layout (plain, linear and
+llama3 frequency scaling), grouped-query causal attention, SwiGLU MLP,
+tied or separate output embeddings.
+
+Usage: llama_ref.py MODEL_DIR 1,2,3          (ids as a comma list)
+"""
+
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+
+
+def read_safetensors(path):
+    """name -> float64 array, parsed by hand: u64 header length, JSON, data."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    data = raw[8 + n :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        buf = data[begin:end]
+        dtype = info["dtype"]
+        if dtype == "F32":
+            arr = np.frombuffer(buf, dtype="<f4")
+        elif dtype == "F16":
+            arr = np.frombuffer(buf, dtype="<f2")
+        elif dtype == "BF16":
+            # bfloat16 is the top half of a float32.
+            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view("<f4")
+        else:
+            raise SystemExit(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        out[name] = arr.astype(np.float64).reshape(info["shape"])
+    return out
+
+
+def load_weights(model_dir):
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    weights = {}
+    for name in files:
+        weights.update(read_safetensors(os.path.join(model_dir, name)))
+    return weights
+
+
+def inv_freq(cfg, head_dim):
+    """Rotary inverse frequencies, with transformers' scaling rules."""
+    params = cfg.get("rope_parameters") or {}
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    scaling = params if params.get("rope_type") else (cfg.get("rope_scaling") or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if kind == "linear":
+        # transformers divides positions by the factor: the same as this.
+        freq = freq / scaling["factor"]
+    elif kind == "llama3":
+        factor = scaling["factor"]
+        low = scaling["low_freq_factor"]
+        high = scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        low_wavelen = old_ctx / low
+        high_wavelen = old_ctx / high
+        wavelen = 2 * math.pi / freq
+        scaled = np.where(wavelen > low_wavelen, freq / factor, freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        freq = np.where(medium, smoothed, scaled)
+    elif kind != "default":
+        raise SystemExit(f"unsupported rope scaling {kind}")
+    return freq
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def forward(model_dir, ids):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    w = load_weights(model_dir)
+    hidden = cfg["hidden_size"]
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_heads)
+    head_dim = cfg.get("head_dim") or hidden // n_heads
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    n = len(ids)
+
+    freq = inv_freq(cfg, head_dim)
+    angles = np.outer(np.arange(n, dtype=np.float64), freq)
+    emb = np.concatenate([angles, angles], axis=-1)
+    cos, sin = np.cos(emb)[None], np.sin(emb)[None]  # [1, n, head_dim]
+
+    x = w["model.embed_tokens.weight"][np.array(ids)]
+    mask = np.triu(np.full((n, n), -np.inf), k=1)
+    group = n_heads // n_kv
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, n_heads, head_dim).transpose(1, 0, 2)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, n_kv, head_dim).transpose(1, 0, 2)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, n_kv, head_dim).transpose(1, 0, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = np.repeat(k, group, axis=0)
+        v = np.repeat(v, group, axis=0)
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(head_dim) + mask
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs = probs / probs.sum(axis=-1, keepdims=True)
+        attn = (probs @ v).transpose(1, 0, 2).reshape(n, n_heads * head_dim)
+        x = x + attn @ w[p + "self_attn.o_proj.weight"].T
+
+        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        gate = h @ w[p + "mlp.gate_proj.weight"].T
+        up = h @ w[p + "mlp.up_proj.weight"].T
+        silu = gate / (1.0 + np.exp(-gate))
+        x = x + (silu * up) @ w[p + "mlp.down_proj.weight"].T
+
+    x = rms_norm(x, w["model.norm.weight"], eps)
+    if cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in w:
+        head = w["model.embed_tokens.weight"]
+    else:
+        head = w["lm_head.weight"]
+    return x @ head.T
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    ids = [int(t) for t in argv[2].split(",") if t.strip()]
+    logits = forward(argv[1], ids)
+    json.dump({"logits": logits.tolist()}, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
