@@ -25,9 +25,7 @@ impl RopeConfig {
     pub fn table(&self, head_dim: usize) -> RopeTable {
         match *self {
             RopeConfig::Default { theta } => RopeTable::new(head_dim, theta, None),
-            RopeConfig::Llama3 { theta, scaling } => {
-                RopeTable::new(head_dim, theta, Some(scaling))
-            }
+            RopeConfig::Llama3 { theta, scaling } => RopeTable::new(head_dim, theta, Some(scaling)),
             RopeConfig::Linear { theta, factor } => {
                 let base = RopeTable::new(head_dim, theta, None);
                 let inv = base.inv_freq().iter().map(|f| f / factor).collect();
@@ -112,7 +110,7 @@ fn parse_rope(raw: &Raw) -> Result<RopeConfig, EngineError> {
         .and_then(|p| num(p, "rope_theta"))
         .or(raw.rope_theta)
         .unwrap_or(10_000.0) as f32;
-    if !(theta > 1.0) {
+    if theta.is_nan() || theta <= 1.0 {
         return Err(EngineError::Config(format!(
             "`rope_theta` must be > 1, got {theta}"
         )));
@@ -129,7 +127,7 @@ fn parse_rope(raw: &Raw) -> Result<RopeConfig, EngineError> {
     match kind {
         "default" => Ok(RopeConfig::Default { theta }),
         "linear" => {
-            if !(factor > 0.0) {
+            if factor.is_nan() || factor <= 0.0 {
                 return Err(EngineError::Config(format!(
                     "rope scaling `factor` must be > 0, got {factor}"
                 )));
@@ -138,18 +136,21 @@ fn parse_rope(raw: &Raw) -> Result<RopeConfig, EngineError> {
         }
         "llama3" => {
             let get = |k: &str| {
-                num(s, k).ok_or_else(|| {
-                    EngineError::Config(format!("llama3 rope scaling lacks `{k}`"))
-                })
+                num(s, k)
+                    .ok_or_else(|| EngineError::Config(format!("llama3 rope scaling lacks `{k}`")))
             };
             let scaling = RopeScaling {
                 factor,
                 low_freq_factor: get("low_freq_factor")? as f32,
                 high_freq_factor: get("high_freq_factor")? as f32,
-                original_max_position_embeddings: get("original_max_position_embeddings")?
-                    as usize,
+                original_max_position_embeddings: get("original_max_position_embeddings")? as usize,
             };
-            if !(scaling.high_freq_factor > scaling.low_freq_factor) || !(factor > 0.0) {
+            if scaling.high_freq_factor.is_nan()
+                || scaling.low_freq_factor.is_nan()
+                || scaling.high_freq_factor <= scaling.low_freq_factor
+                || factor.is_nan()
+                || factor <= 0.0
+            {
                 return Err(EngineError::Config(format!(
                     "llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor, got {scaling:?}"
                 )));
@@ -176,7 +177,9 @@ impl LlamaConfig {
             )));
         }
         if let Some(a) = &raw.architectures
-            && !a.iter().any(|a| a.contains("Llama") || a.contains("Mistral"))
+            && !a
+                .iter()
+                .any(|a| a.contains("Llama") || a.contains("Mistral"))
         {
             return Err(EngineError::Config(format!(
                 "architectures {a:?} name no Llama-architecture model"
@@ -191,7 +194,10 @@ impl LlamaConfig {
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = need(raw.num_key_value_heads.or(Some(num_heads)), "num_key_value_heads")?;
+        let num_kv_heads = need(
+            raw.num_key_value_heads.or(Some(num_heads)),
+            "num_key_value_heads",
+        )?;
         let head_dim = need(raw.head_dim.or(Some(hidden_size / num_heads)), "head_dim")?;
         if num_heads % num_kv_heads != 0 {
             return Err(EngineError::Config(format!(
@@ -199,10 +205,12 @@ impl LlamaConfig {
             )));
         }
         if head_dim % 2 != 0 {
-            return Err(EngineError::Config(format!("head_dim ({head_dim}) must be even")));
+            return Err(EngineError::Config(format!(
+                "head_dim ({head_dim}) must be even"
+            )));
         }
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6) as f32;
-        if !(rms_norm_eps > 0.0) {
+        if rms_norm_eps.is_nan() || rms_norm_eps <= 0.0 {
             return Err(EngineError::Config("`rms_norm_eps` must be > 0".into()));
         }
         Ok(LlamaConfig {
@@ -213,10 +221,7 @@ impl LlamaConfig {
             num_kv_heads,
             head_dim,
             vocab_size: need(raw.vocab_size, "vocab_size")?,
-            max_position_embeddings: need(
-                raw.max_position_embeddings,
-                "max_position_embeddings",
-            )?,
+            max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
             rms_norm_eps,
             rope: parse_rope(&raw)?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -262,10 +267,17 @@ mod tests {
         let v5 = cfg(r#","rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#).unwrap();
         assert_eq!(v4.rope, v5.rope);
         assert!(matches!(v4.rope, RopeConfig::Llama3 { theta, .. } if theta == 500000.0));
-        let plain5 = cfg(r#","rope_parameters":{"rope_theta":1000.0,"rope_type":"default"}"#).unwrap();
+        let plain5 =
+            cfg(r#","rope_parameters":{"rope_theta":1000.0,"rope_type":"default"}"#).unwrap();
         assert_eq!(plain5.rope, RopeConfig::Default { theta: 1000.0 });
         let lin = cfg(r#","rope_scaling":{"type":"linear","factor":8.0}"#).unwrap();
-        assert_eq!(lin.rope, RopeConfig::Linear { theta: 10000.0, factor: 8.0 });
+        assert_eq!(
+            lin.rope,
+            RopeConfig::Linear {
+                theta: 10000.0,
+                factor: 8.0
+            }
+        );
     }
 
     #[test]
@@ -284,7 +296,8 @@ mod tests {
 
     #[test]
     fn defaults_and_eos_lists() {
-        let c = cfg(r#","eos_token_id":[1,2],"bos_token_id":0,"tie_word_embeddings":true"#).unwrap();
+        let c =
+            cfg(r#","eos_token_id":[1,2],"bos_token_id":0,"tie_word_embeddings":true"#).unwrap();
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.bos_token_id, Some(0));

@@ -11,7 +11,9 @@ pub enum EngineError {
     Tensor { name: String, reason: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    #[error("prompt of {tokens} tokens (plus {extra} to generate) exceeds the model's context of {context}")]
+    #[error(
+        "prompt of {tokens} tokens (plus {extra} to generate) exceeds the model's context of {context}"
+    )]
     PromptTooLong {
         tokens: usize,
         extra: usize,

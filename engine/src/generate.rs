@@ -149,13 +149,19 @@ impl Decoding {
     }
 
     /// Samples the next token from `logits` and updates the state.
-    pub fn step(&mut self, tokenizer: &Tokenizer, logits: &[f32]) -> Result<StepOutput, EngineError> {
+    pub fn step(
+        &mut self,
+        tokenizer: &Tokenizer,
+        logits: &[f32],
+    ) -> Result<StepOutput, EngineError> {
         let banned: &[u32] = if self.tokens.len() < self.opts.min_tokens {
             &self.eos
         } else {
             &[]
         };
-        let token = self.sampler.sample(logits, self.allowed, &self.tokens, banned);
+        let token = self
+            .sampler
+            .sample(logits, self.allowed, &self.tokens, banned);
         let logprob = self.opts.logprobs.map(|n| logprob_of(logits, token, n));
         self.tokens.push(token);
         if !self.opts.ignore_eos && self.eos.contains(&token) {
@@ -180,7 +186,11 @@ impl Decoding {
 
     /// Decodes the output so far and releases what is final.
     fn release(&mut self, tokenizer: &Tokenizer, at_eos: bool) -> Result<StepOutput, EngineError> {
-        let n = if at_eos { self.tokens.len() - 1 } else { self.tokens.len() };
+        let n = if at_eos {
+            self.tokens.len() - 1
+        } else {
+            self.tokens.len()
+        };
         let text = tokenizer.decode(&self.tokens[..n])?;
         let mut out = StepOutput {
             token: 0,
@@ -195,7 +205,11 @@ impl Decoding {
             .stop
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| text[search_from..].find(s.as_str()).map(|p| p + search_from))
+            .filter_map(|s| {
+                text[search_from..]
+                    .find(s.as_str())
+                    .map(|p| p + search_from)
+            })
             .min()
         {
             self.text = text[..pos].to_string();
@@ -328,7 +342,8 @@ impl Model {
                 &mut prompt_logprobs,
             )?
         } else {
-            self.prefill(&mut cache, prompt, opts.chunk_tokens)?.last_logits
+            self.prefill(&mut cache, prompt, opts.chunk_tokens)?
+                .last_logits
         };
         let mut dec = Decoding::new(self, tokenizer, opts.clone());
         let mut logprobs = Vec::new();

@@ -4,6 +4,7 @@
 //! Depends on `cake-kernels` for math and on `cake-policy` for the cost
 //! model alone. Nothing here knows about HTTP, tenants or admission.
 
+pub mod bench;
 mod cache;
 mod config;
 mod error;
@@ -15,15 +16,14 @@ mod rng;
 mod sampling;
 mod tokenizer;
 mod weights;
-pub mod bench;
 pub mod worker;
 
 pub use cache::{KvCache, KvChunk, KvLayout};
+pub use cake_kernels::Device;
 pub use config::{LlamaConfig, RopeConfig};
 pub use error::EngineError;
 pub use generate::{Decoding, FinishReason, GenerateOptions, Generation, StepOutput, TokenLogprob};
 pub use model::{Model, PrefillOutput, Profile};
 pub use rng::Rng;
-pub use sampling::{SamplingParams, Sampler};
+pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{DecodeStream, Tokenizer};
-pub use cake_kernels::Device;

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use cake_kernels::{Device, RopeTable, Tensor, ops};
 
+use crate::EngineError;
 use crate::cache::{DeviceChunk, KvCache, KvLayout};
 use crate::config::LlamaConfig;
 use crate::weights::Checkpoint;
-use crate::EngineError;
 
 struct Layer {
     input_norm: Tensor,
@@ -214,8 +214,8 @@ impl Model {
             prof,
             t: std::time::Instant::now(),
         };
-        let dense_flops = tokens.len() as f64 * self.cfg.dense_flops_per_token()
-            / self.cfg.num_layers as f64;
+        let dense_flops =
+            tokens.len() as f64 * self.cfg.dense_flops_per_token() / self.cfg.num_layers as f64;
         let n = tokens.len();
         let pos0 = cache.len();
         let c = &self.cfg;
@@ -282,7 +282,10 @@ impl Model {
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, EngineError> {
-        Ok(ops::matmul_t(hidden, self.lm_head.as_ref().unwrap_or(&self.embed))?)
+        Ok(ops::matmul_t(
+            hidden,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+        )?)
     }
 
     /// Runs `tokens` after what the cache holds and returns the logits of
@@ -297,7 +300,11 @@ impl Model {
 
     /// Like [`Model::forward`], but returns only the last token's logits
     /// (the LM head runs on one row).
-    pub fn forward_last(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+    pub fn forward_last(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
         if tokens.is_empty() {
             return Err(EngineError::BadRequest("no tokens to run".into()));
         }
@@ -308,7 +315,11 @@ impl Model {
 
     /// Runs `tokens` through the layers, appending their KV, without the
     /// LM head: the compute side of a chunk whose logits nobody needs.
-    pub fn forward_no_logits(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<(), EngineError> {
+    pub fn forward_no_logits(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+    ) -> Result<(), EngineError> {
         if tokens.is_empty() {
             return Ok(());
         }
@@ -329,7 +340,9 @@ impl Model {
             return Err(EngineError::BadRequest("empty prompt".into()));
         }
         if chunk_tokens == 0 {
-            return Err(EngineError::BadRequest("chunk_tokens must be positive".into()));
+            return Err(EngineError::BadRequest(
+                "chunk_tokens must be positive".into(),
+            ));
         }
         self.check_tokens(cache, tokens)?;
         let mut done = 0;

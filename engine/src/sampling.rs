@@ -199,7 +199,9 @@ mod tests {
         let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, 1.0, seed));
-            (0..4000).map(|_| s.sample(&logits, 2, &[], &[])).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| s.sample(&logits, 2, &[], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(5), draw(5));
         let ones = draw(5).iter().filter(|&&t| t == 1).count() as f64 / 4000.0;

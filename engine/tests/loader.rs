@@ -1,6 +1,7 @@
 //! The worker end to end: every strategy gives bitwise-identical results
 //! for any pattern of stored chunks, holes and failed loads; cancellation
 //! and overload behave.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +116,12 @@ async fn populate(
         store.delete(keys[h]).await.unwrap();
     }
     for &c in corrupt {
-        let good = store.get(keys[c]).await.unwrap().decode(&ctx, c as u32).unwrap();
+        let good = store
+            .get(keys[c])
+            .await
+            .unwrap()
+            .decode(&ctx, c as u32)
+            .unwrap();
         // Right key, wrong chunk index inside: the reader rejects it.
         let bad = EncodedChunk::encode(keys[c], &ctx, c as u32 + 1000, &good).unwrap();
         store.delete(keys[c]).await.unwrap();
@@ -158,7 +164,13 @@ async fn strategies_agree_bitwise_and_use_the_store() {
     }
 }
 
-fn equivalence_case(stored_mask: u8, corrupt_mask: u8, strategy: Strategy, bw: u64, latency_us: u64) {
+fn equivalence_case(
+    stored_mask: u8,
+    corrupt_mask: u8,
+    strategy: Strategy,
+    bw: u64,
+    latency_us: u64,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -183,10 +195,16 @@ fn equivalence_case(stored_mask: u8, corrupt_mask: u8, strategy: Strategy, bw: u
         let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), Some(store), cfg).unwrap();
         let (reference, _) = run(&engine, request(&p, Some(Strategy::Compute))).await;
         let (toks, u) = run(&engine, request(&p, Some(strategy))).await;
-        assert_eq!(toks, reference, "{strategy:?}, holes {holes:?}, corrupt {corrupt:?}");
+        assert_eq!(
+            toks, reference,
+            "{strategy:?}, holes {holes:?}, corrupt {corrupt:?}"
+        );
         assert_eq!(u.loaded_tokens + u.computed_tokens, p.len(), "{u:?}");
         let loadable = 6 - holes.len() - corrupt.len();
-        assert!(u.loaded_tokens <= loadable * CHUNK, "{u:?} with {loadable} loadable");
+        assert!(
+            u.loaded_tokens <= loadable * CHUNK,
+            "{u:?} with {loadable} loadable"
+        );
         if strategy == Strategy::Load {
             assert_eq!(u.loaded_tokens, loadable * CHUNK, "{u:?}");
         }
@@ -213,7 +231,13 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_receiver_cancels_and_others_still_run() {
     let f = fixture();
-    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, config(Strategy::Cake)).unwrap();
+    let engine = Engine::start(
+        f.model.clone(),
+        f.tokenizer.clone(),
+        None,
+        config(Strategy::Cake),
+    )
+    .unwrap();
     let p = prompt(40, 5, f.tokenizer.vocab_size());
     let mut long = request(&p, None);
     long.options.max_tokens = 2000;
@@ -248,12 +272,30 @@ async fn overload_and_bad_requests_are_refused_at_submit() {
     let err = engine.submit(request(&p, None)).unwrap_err();
     assert!(err.to_string().contains("overloaded"), "{err}");
 
-    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, config(Strategy::Cake)).unwrap();
+    let engine = Engine::start(
+        f.model.clone(),
+        f.tokenizer.clone(),
+        None,
+        config(Strategy::Cake),
+    )
+    .unwrap();
     let mut bad = request(&p, None);
     bad.options.temperature = -1.0;
-    assert!(engine.submit(bad).unwrap_err().to_string().contains("temperature"));
+    assert!(
+        engine
+            .submit(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("temperature")
+    );
     let too_long = request(&vec![1; f.model.max_context() + 1], None);
     assert!(engine.submit(too_long).is_err());
     let oov = request(&[u32::MAX], None);
-    assert!(engine.submit(oov).unwrap_err().to_string().contains("vocabulary"));
+    assert!(
+        engine
+            .submit(oov)
+            .unwrap_err()
+            .to_string()
+            .contains("vocabulary")
+    );
 }

@@ -1,13 +1,12 @@
 //! The model against itself: chunking, splitting, determinism, dtypes,
 //! malformed checkpoints and over-long prompts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cake_engine::init::{Dtype, preset, write_checkpoint};
-use cake_engine::{
-    Device, EngineError, GenerateOptions, Model, Rng, SamplingParams, Tokenizer,
-};
+use cake_engine::{Device, EngineError, GenerateOptions, Model, Rng, SamplingParams, Tokenizer};
 
 fn tiny(dtype: Dtype, seed: u64) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -23,10 +22,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
@@ -49,7 +45,11 @@ fn chunked_prefill_matches_one_shot() {
         assert!(d < 1e-5, "chunk {chunk}: relative difference {d}");
         // Full chunks sit on chunk boundaries, ready to be stored.
         let lens = cache.chunk_lens();
-        assert!(lens[..lens.len() - 1].iter().all(|&l| l == chunk.min(toks.len())));
+        assert!(
+            lens[..lens.len() - 1]
+                .iter()
+                .all(|&l| l == chunk.min(toks.len()))
+        );
     }
 }
 
@@ -63,10 +63,16 @@ fn prefill_in_two_calls_equals_one_call_bitwise() {
     for split in [32, 64, 77, 149] {
         let mut b = model.new_cache();
         model.prefill(&mut b, &toks[..split], 32).unwrap();
-        let two = model.prefill(&mut b, &toks[split..], 32).unwrap().last_logits;
+        let two = model
+            .prefill(&mut b, &toks[split..], 32)
+            .unwrap()
+            .last_logits;
         assert_eq!(one, two, "split at {split}");
         // And the KV the cache holds is the same, position for position.
-        assert!(kv_by_layer(&a) == kv_by_layer(&b), "KV differs after split {split}");
+        assert!(
+            kv_by_layer(&a) == kv_by_layer(&b),
+            "KV differs after split {split}"
+        );
     }
 }
 
@@ -109,7 +115,10 @@ fn generation_is_deterministic_for_a_seed() {
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.text, b.text);
     assert_eq!(a.tokens.len(), 24);
-    assert_ne!(a.tokens, c.tokens, "different seeds gave the same 24 tokens");
+    assert_ne!(
+        a.tokens, c.tokens,
+        "different seeds gave the same 24 tokens"
+    );
     // Streaming deltas add up to the final text.
     let mut streamed = String::new();
     let opts = GenerateOptions {
@@ -222,7 +231,10 @@ fn f16_and_bf16_checkpoints_load_and_run() {
     let (_t32, d32) = tiny(Dtype::F32, 11);
     let m32 = Model::load(&d32, Device::Cpu).unwrap();
     let toks = tokens(20, m32.config().vocab_size, 1);
-    let ref_logits = m32.prefill(&mut m32.new_cache(), &toks, 8).unwrap().last_logits;
+    let ref_logits = m32
+        .prefill(&mut m32.new_cache(), &toks, 8)
+        .unwrap()
+        .last_logits;
     for dtype in [Dtype::F16, Dtype::Bf16] {
         let (_t, dir) = tiny(dtype, 11);
         let m = Model::load(&dir, Device::Cpu).unwrap();
@@ -235,7 +247,10 @@ fn f16_and_bf16_checkpoints_load_and_run() {
     }
 }
 
-fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_tensors(
+    dir: &Path,
+    edit: impl FnOnce(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -247,7 +262,12 @@ fn rewrite_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (safetenso
     edit(&mut map);
     let views: Vec<(String, safetensors::tensor::TensorView)> = map
         .iter()
-        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(&path, out).unwrap();
@@ -313,7 +333,9 @@ fn prompt_longer_than_context_is_a_clear_error() {
     let model = Model::load(&dir, Device::Cpu).unwrap();
     let ctx = model.max_context();
     let toks = vec![1u32; ctx + 1];
-    let err = model.prefill(&mut model.new_cache(), &toks, 256).unwrap_err();
+    let err = model
+        .prefill(&mut model.new_cache(), &toks, 256)
+        .unwrap_err();
     assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
     assert!(err.to_string().contains(&ctx.to_string()));
     // Prompt fits but prompt + max_tokens does not.
@@ -322,9 +344,16 @@ fn prompt_longer_than_context_is_a_clear_error() {
         max_tokens: 10,
         ..Default::default()
     };
-    let err = model.generate(&tok, &vec![1u32; ctx - 5], &opts, |_| {}).unwrap_err();
-    assert!(matches!(err, EngineError::PromptTooLong { extra: 10, .. }), "{err}");
+    let err = model
+        .generate(&tok, &vec![1u32; ctx - 5], &opts, |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::PromptTooLong { extra: 10, .. }),
+        "{err}"
+    );
     // Out-of-vocabulary ids are a bad request, not a panic.
-    let err = model.prefill(&mut model.new_cache(), &[u32::MAX], 16).unwrap_err();
+    let err = model
+        .prefill(&mut model.new_cache(), &[u32::MAX], 16)
+        .unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
 }

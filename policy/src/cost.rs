@@ -40,7 +40,8 @@ impl ChunkCost {
 
     /// Time of the split computing `k` of `n` chunks, both sides at once.
     pub fn split_time(&self, n: usize, k: usize) -> f64 {
-        self.compute_time(k).max(self.load_time(n.saturating_sub(k)))
+        self.compute_time(k)
+            .max(self.load_time(n.saturating_sub(k)))
     }
 }
 
@@ -140,12 +141,22 @@ mod tests {
             let n = 64;
             let best = best_split(&c, n);
             let sim = simulate_cake(&c, n, 1);
-            assert!(sim.time <= best.time * 1.1 + 1e-12, "{load}: {sim:?} vs {best:?}");
-            assert!(sim.computed.abs_diff(best.computed) <= 1, "{load}: {sim:?} vs {best:?}");
+            assert!(
+                sim.time <= best.time * 1.1 + 1e-12,
+                "{load}: {sim:?} vs {best:?}"
+            );
+            assert!(
+                sim.computed.abs_diff(best.computed) <= 1,
+                "{load}: {sim:?} vs {best:?}"
+            );
         }
         // A few chunks and a far faster link: compute's first claim costs
         // more than loading everything.
-        let c = ChunkCost { a: 1.0, b: 0.0, load: 0.1 };
+        let c = ChunkCost {
+            a: 1.0,
+            b: 0.0,
+            load: 0.1,
+        };
         let sim = simulate_cake(&c, 4, 1);
         assert!(sim.time >= 1.0 && c.load_time(4) < 0.5, "{sim:?}");
     }

@@ -15,7 +15,12 @@ pub fn random_prompt(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
 }
 
 /// A greedy request for `max_tokens` tokens.
-pub fn bench_request(id: &str, prompt: Vec<u32>, max_tokens: usize, strategy: Option<Strategy>) -> WorkRequest {
+pub fn bench_request(
+    id: &str,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    strategy: Option<Strategy>,
+) -> WorkRequest {
     WorkRequest {
         id: id.to_string(),
         prompt,
@@ -40,7 +45,9 @@ pub async fn run_request(engine: &Engine, req: WorkRequest) -> Result<Usage, Eng
             _ => {}
         }
     }
-    Err(EngineError::BadRequest("the worker closed the stream".into()))
+    Err(EngineError::BadRequest(
+        "the worker closed the stream".into(),
+    ))
 }
 
 /// Computes `prompt` once with write-back into `store` and waits until
@@ -61,7 +68,11 @@ pub async fn fill_store(
             ..cfg.clone()
         },
     )?;
-    run_request(&engine, bench_request("fill", prompt.to_vec(), 1, Some(Strategy::Compute))).await?;
+    run_request(
+        &engine,
+        bench_request("fill", prompt.to_vec(), 1, Some(Strategy::Compute)),
+    )
+    .await?;
     let keys = chunk_keys(&engine.namespace("bench"), prompt);
     for _ in 0..3000 {
         if store.lookup(&keys).await.iter().all(Option::is_some) {

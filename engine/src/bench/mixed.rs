@@ -88,7 +88,8 @@ async fn run_order(
     }
     let total_s = start.elapsed().as_secs_f64();
     let steps = engine.step_history();
-    let fill = steps.iter().map(|&s| s as f64 / budget as f64).sum::<f64>() / steps.len().max(1) as f64;
+    let fill =
+        steps.iter().map(|&s| s as f64 / budget as f64).sum::<f64>() / steps.len().max(1) as f64;
     let fresh_ttft: Vec<f64> = usages[1..].iter().map(|u| u.ttft_ms).collect();
     Ok(OrderResult {
         order: match order {
@@ -149,7 +150,10 @@ pub async fn run(
             &model,
             &tokenizer,
             store,
-            EngineConfig { order, ..cfg.clone() },
+            EngineConfig {
+                order,
+                ..cfg.clone()
+            },
             &cached,
             &fresh,
             bench.max_tokens,

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use cake_kernels::{Device, Tensor, ops};
 use serde::Serialize;
 
 use crate::{EngineError, Model, Profile, Rng};
@@ -71,28 +70,12 @@ pub fn linear_fit(ys: &[f64]) -> (f64, f64, f64) {
         .enumerate()
         .map(|(i, y)| (y - a - b * i as f64).powi(2))
         .sum();
-    let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 1.0 };
-    (a, b, r2)
-}
-
-/// The f32 rate of `ops::matmul_t` on an `[m, k] · [n, k]ᵀ` product: the
-/// same GEMM the model's dense layers call.
-pub fn gemm_gflops(m: usize, k: usize, n: usize, iters: usize) -> f64 {
-    let mut rng = Rng::new(1);
-    let mut rand = |len: usize| (0..len).map(|_| rng.normal()).collect::<Vec<f32>>();
-    let (Ok(x), Ok(w)) = (
-        Tensor::from_vec(rand(m * k), &[m, k], Device::Cpu),
-        Tensor::from_vec(rand(n * k), &[n, k], Device::Cpu),
-    ) else {
-        return 0.0;
+    let r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        1.0
     };
-    let _ = ops::matmul_t(&x, &w);
-    let start = Instant::now();
-    for _ in 0..iters.max(1) {
-        let _ = ops::matmul_t(&x, &w);
-    }
-    let s = start.elapsed().as_secs_f64();
-    2.0 * (m * k * n) as f64 * iters.max(1) as f64 / s / 1e9
+    (a, b, r2)
 }
 
 /// Runs the benchmark. `progress` is called after each chunk with
@@ -134,9 +117,9 @@ pub fn run(
     let (a, b, r2) = linear_fit(&chunk_ms);
 
     let cfg = model.config();
-    let gemm_rate = gemm_gflops(1024, 1024, 1024, 8);
+    let gemm_rate = cake_kernels::gemm_gflops(1024, 1024, 1024, 8);
     let gemm_model_shape_gflops =
-        gemm_gflops(c, cfg.hidden_size, cfg.intermediate_size, 16);
+        cake_kernels::gemm_gflops(c, cfg.hidden_size, cfg.intermediate_size, 16);
     Ok(PrefillReport {
         context: n_chunks * c,
         chunk_tokens: c,

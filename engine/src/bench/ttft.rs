@@ -67,14 +67,12 @@ fn oracle(chunk_s: &[f64], cached: usize, load_s: f64) -> (f64, usize) {
     let suffix: f64 = chunk_s[cached..].iter().sum();
     let mut best = (f64::INFINITY, 0);
     let mut prefix = 0.0f64;
-    for k in 0..=cached {
+    for (k, &chunk) in chunk_s[..cached].iter().chain([&0.0]).enumerate() {
         let t = prefix.max((cached - k) as f64 * load_s) + suffix;
         if t < best.0 {
             best = (t, k);
         }
-        if k < cached {
-            prefix += chunk_s[k];
-        }
+        prefix += chunk;
     }
     best
 }
@@ -110,10 +108,22 @@ pub async fn run(
         }
         drop(cache);
         let cached = (context - 1) / c; // the chunk with the last token is computed
-        let direct = Engine::start(model.clone(), tokenizer.clone(), Some(mem.clone()), cfg.clone())?;
+        let direct = Engine::start(
+            model.clone(),
+            tokenizer.clone(),
+            Some(mem.clone()),
+            cfg.clone(),
+        )?;
         chunk_bytes = direct.chunk_bytes();
-        let compute = run_request(&direct, bench_request("compute", prompt.clone(), 1, Some(Strategy::Compute))).await?;
-        progress(&format!("context {context}: compute-only {:.0} ms", compute.ttft_ms));
+        let compute = run_request(
+            &direct,
+            bench_request("compute", prompt.clone(), 1, Some(Strategy::Compute)),
+        )
+        .await?;
+        progress(&format!(
+            "context {context}: compute-only {:.0} ms",
+            compute.ttft_ms
+        ));
         let compute_cached_s: f64 = chunk_s[..cached].iter().sum();
         let bw_balanced = (cached as f64 * chunk_bytes as f64) / compute_cached_s.max(1e-9);
         balanced.push((context, bw_balanced));
@@ -139,9 +149,22 @@ pub async fn run(
                 if s == Strategy::Auto {
                     // Auto decides from measured rates: give it the
                     // compute side's too.
-                    run_request(&engine, bench_request("warm", prompt[..c.min(context)].to_vec(), 1, Some(Strategy::Compute))).await?;
+                    run_request(
+                        &engine,
+                        bench_request(
+                            "warm",
+                            prompt[..c.min(context)].to_vec(),
+                            1,
+                            Some(Strategy::Compute),
+                        ),
+                    )
+                    .await?;
                 }
-                let u = run_request(&engine, bench_request(s.as_str(), prompt.clone(), 1, Some(s))).await?;
+                let u = run_request(
+                    &engine,
+                    bench_request(s.as_str(), prompt.clone(), 1, Some(s)),
+                )
+                .await?;
                 progress(&format!(
                     "context {context}, {:.2} GB/s: {} {:.0} ms (loaded {}, computed {}{})",
                     bw / 1e9,
@@ -149,7 +172,11 @@ pub async fn run(
                     u.ttft_ms,
                     u.loaded_tokens,
                     u.computed_tokens,
-                    if s == Strategy::Auto { format!(", chose {}", u.strategy) } else { String::new() }
+                    if s == Strategy::Auto {
+                        format!(", chose {}", u.strategy)
+                    } else {
+                        String::new()
+                    }
                 ));
                 if s == Strategy::Load {
                     load_ttft = u.ttft_ms;

@@ -103,8 +103,13 @@ impl Codec {
             }
             Codec::Bf16 => {
                 let start = grow(out, data.len() * 2);
-                for (d, v) in out[start..].chunks_exact_mut(2).zip(data) {
-                    d.copy_from_slice(&f32_to_bf16_bits(*v).to_le_bytes());
+                let mut tmp = [0u16; BLOCK];
+                for (src, dst) in data.chunks(BLOCK).zip(out[start..].chunks_mut(BLOCK * 2)) {
+                    let t = &mut tmp[..src.len()];
+                    for (o, v) in t.iter_mut().zip(src) {
+                        *o = f32_to_bf16_bits(*v);
+                    }
+                    write_u16s(t, dst);
                 }
             }
             Codec::Int8 => encode_int8(layout, tokens, data, out),
@@ -219,8 +224,12 @@ fn encode_int8(layout: KvLayout, tokens: usize, data: &[f32], out: &mut Vec<u8>)
             .zip(src.chunks_exact(channels))
         {
             for ((d, v), i) in drow.iter_mut().zip(row).zip(&inv) {
-                // `as` saturates and maps NaN to 0.
-                *d = ((v * i).round().clamp(-127.0, 127.0) as i8) as u8;
+                // Round half away from zero by hand: `f32::round` is a libm
+                // call on baseline x86-64 and stops vectorisation; so does
+                // a direct `as i8`. Clamped first, the value fits an i32,
+                // and `as` maps NaN to 0.
+                let y = (v * i).clamp(-127.0, 127.0);
+                *d = ((y + 0.5f32.copysign(y)) as i32 as i8) as u8;
             }
         }
     }

@@ -70,7 +70,10 @@ impl Engine {
         })?;
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared::new());
-        let chunk_bytes = (cfg.codec.payload_len(model.layout(), cfg.chunk_tokens).unwrap_or(0)
+        let chunk_bytes = (cfg
+            .codec
+            .payload_len(model.layout(), cfg.chunk_tokens)
+            .unwrap_or(0)
             + HEADER_LEN) as u64;
         let sched = Scheduler {
             model: model.clone(),
@@ -280,9 +283,7 @@ impl Engine {
             .as_ref()
             .map(|_| ChunkContext::new(&ns, inner.model.layout()));
         let mut plan = None;
-        if let (Some(store), Some(ctx), true) =
-            (&inner.store, ctx, strategy != Strategy::Compute)
-        {
+        if let (Some(store), Some(ctx), true) = (&inner.store, ctx, strategy != Strategy::Compute) {
             let p = LoadPlan::new(&lookup.stored[..lookup.cached_end]);
             let chunk_bytes = self.chunk_bytes();
             inner.shared.io.plan(n_stored as u64 * chunk_bytes);
@@ -351,7 +352,12 @@ impl Engine {
 
     /// Tokens used by each recent scheduler step (at most the last 4096).
     pub fn step_history(&self) -> Vec<u32> {
-        let s = self.inner.shared.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self
+            .inner
+            .shared
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         s.iter().copied().collect()
     }
 }

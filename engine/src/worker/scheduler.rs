@@ -55,8 +55,8 @@ pub(crate) struct Scheduler {
     pub rx: Receiver<Msg>,
     pub shared: Arc<Shared>,
     pub runtime: tokio::runtime::Handle,
-    pub waiting: VecDeque<Box<Seq>>,
-    pub active: Vec<Box<Seq>>,
+    pub waiting: VecDeque<Seq>,
+    pub active: Vec<Seq>,
     /// Bytes of one stored chunk (for load-time predictions).
     pub chunk_bytes: u64,
 }
@@ -75,7 +75,7 @@ impl Scheduler {
             let mut disconnected = false;
             loop {
                 match self.rx.try_recv() {
-                    Ok(Msg::New(s)) => self.waiting.push_back(s),
+                    Ok(Msg::New(s)) => self.waiting.push_back(*s),
                     Ok(Msg::Wake) => {}
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -106,7 +106,7 @@ impl Scheduler {
             }
             // Nothing runnable: wait for a request or a finished load.
             match self.rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(Msg::New(s)) => self.waiting.push_back(s),
+                Ok(Msg::New(s)) => self.waiting.push_back(*s),
                 Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if self.active.is_empty() && self.waiting.is_empty() {
@@ -121,7 +121,7 @@ impl Scheduler {
     /// loads in flight are cancelled).
     fn reap(&mut self) {
         let running = &self.shared.running;
-        let keep = |s: &Box<Seq>| {
+        let keep = |s: &Seq| {
             let gone = s.client_gone();
             if gone || s.phase == Phase::Done {
                 if let Some(p) = &s.plan {
@@ -139,7 +139,7 @@ impl Scheduler {
             }
         };
         self.active.retain(keep);
-        self.waiting.retain(keep);
+        self.waiting.retain(|s| keep(s));
     }
 
     fn publish(&self) {
@@ -164,6 +164,9 @@ impl Scheduler {
                 match (s.phase, s.class) {
                     (Phase::Decode, _) => 0,
                     (_, RequestClass::Fresh) => 1,
+                    // Past the cached range, what is left is an ordinary
+                    // prefill of the uncached suffix.
+                    (_, RequestClass::Cached) if s.front >= s.cached_end => 1,
                     (_, RequestClass::Cached) => 2,
                 }
             });
@@ -262,7 +265,9 @@ impl Scheduler {
             if c >= seq.keys.len() || seq.stored.get(c).copied().unwrap_or(false) {
                 continue;
             }
-            let Some(kv) = seq.cache.chunk(c) else { continue };
+            let Some(kv) = seq.cache.chunk(c) else {
+                continue;
+            };
             match EncodedChunk::encode(seq.keys[c], &ctx, c as u32, &kv) {
                 Ok(e) => chunks.push(e),
                 Err(e) => tracing::warn!(error = %e, "could not encode a chunk for write-back"),

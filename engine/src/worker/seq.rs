@@ -11,8 +11,7 @@ use super::types::{RequestClass, Strategy, TokenEvent, Usage, WorkEvent, WorkReq
 use crate::generate::logprob_of;
 use crate::kv::{ChunkContext, ChunkKey};
 use crate::{
-    Decoding, EngineError, GenerateOptions, KvCache, Model, SamplingParams, TokenLogprob,
-    Tokenizer,
+    Decoding, EngineError, GenerateOptions, KvCache, Model, SamplingParams, TokenLogprob, Tokenizer,
 };
 
 /// What a request needs next.
@@ -204,7 +203,7 @@ impl Seq {
             model.forward_no_logits(&mut self.cache, tokens)?;
         }
         self.computed_tokens += end - start;
-        if end - start == self.chunk_tokens && start % self.chunk_tokens == 0 {
+        if end - start == self.chunk_tokens && start.is_multiple_of(self.chunk_tokens) {
             self.computed_chunks.push(start / self.chunk_tokens);
         }
         if start / self.chunk_tokens == self.front && self.front < self.cached_end {
@@ -231,7 +230,9 @@ impl Seq {
     /// One decode step: run the last sampled token, sample the next.
     pub fn run_decode(&mut self, model: &Model, tokenizer: &Tokenizer) -> Result<(), EngineError> {
         let Some(&tok) = self.decoding.tokens().last() else {
-            return Err(EngineError::BadRequest("decode before the first token".into()));
+            return Err(EngineError::BadRequest(
+                "decode before the first token".into(),
+            ));
         };
         self.logits = model.forward_last(&mut self.cache, &[tok])?;
         self.sample(tokenizer)
@@ -266,7 +267,10 @@ impl Seq {
         Usage {
             prompt_tokens: self.prompt_len(),
             completion_tokens: self.decoding.tokens().len(),
-            cached_tokens: self.stored[..self.cached_end].iter().filter(|&&s| s).count()
+            cached_tokens: self.stored[..self.cached_end]
+                .iter()
+                .filter(|&&s| s)
+                .count()
                 * self.chunk_tokens,
             loaded_tokens: self.loaded_tokens,
             computed_tokens: self.computed_tokens,

@@ -84,7 +84,9 @@ impl IoMeter {
     pub(crate) fn unplan(&self, bytes: u64) {
         let _ = self
             .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(bytes))
+            });
     }
 
     pub(crate) fn begin(&self) {
@@ -149,7 +151,10 @@ mod tests {
             }
         }
         let (a, b) = m.fit();
-        assert!((a - 0.01).abs() < 1e-6 && (b - 0.002).abs() < 1e-6, "{a} {b}");
+        assert!(
+            (a - 0.01).abs() < 1e-6 && (b - 0.002).abs() < 1e-6,
+            "{a} {b}"
+        );
         // A partial chunk is scaled to a full one.
         let m = ComputeMeter::default();
         m.record(0, 128, 256, 0.005);

@@ -24,7 +24,12 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [Strategy::Compute, Strategy::Load, Strategy::Cake, Strategy::Auto];
+    pub const ALL: [Strategy; 4] = [
+        Strategy::Compute,
+        Strategy::Load,
+        Strategy::Cake,
+        Strategy::Auto,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -140,10 +145,18 @@ pub struct TokenEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WorkEvent {
-    PromptLogprobs { logprobs: Vec<Option<TokenLogprob>> },
+    PromptLogprobs {
+        logprobs: Vec<Option<TokenLogprob>>,
+    },
     Token(TokenEvent),
-    Done { finish_reason: String, usage: Usage },
-    Error { kind: WorkErrorKind, message: String },
+    Done {
+        finish_reason: String,
+        usage: Usage,
+    },
+    Error {
+        kind: WorkErrorKind,
+        message: String,
+    },
 }
 
 /// Who is at fault when a request fails on a worker.
