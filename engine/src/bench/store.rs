@@ -246,11 +246,7 @@ pub async fn run(b: &StoreBench, progress: &dyn Fn(&str)) -> Result<StoreReport,
             std::fs::File::open(p)?.sync_all()?;
         }
     }
-    let raw_keep = match &setup.raw {
-        Raw::Memory(_) => Raw::Memory(encoded.clone()),
-        Raw::Disk(p) => Raw::Disk(p.clone()),
-        Raw::Redis(c, k) => Raw::Redis(c.clone(), k.clone()),
-    };
+    // The store and the raw side hold what they read from now on.
     drop(encoded);
 
     let (mut load, mut raw, mut decode) = (Vec::new(), Vec::new(), Vec::new());
@@ -263,7 +259,7 @@ pub async fn run(b: &StoreBench, progress: &dyn Fn(&str)) -> Result<StoreReport,
                 drop_page_cache(&setup.paths);
             }
             let t = match pass {
-                0 => raw_pass(&raw_keep, b.depth, chunk_bytes).await?,
+                0 => raw_pass(&setup.raw, b.depth, chunk_bytes).await?,
                 1 => load_pass(setup.store.as_ref(), &keys, b.depth).await?,
                 _ => decode_pass(setup.store.as_ref(), &keys, &ctx, b.depth).await?,
             };
@@ -271,7 +267,7 @@ pub async fn run(b: &StoreBench, progress: &dyn Fn(&str)) -> Result<StoreReport,
             [&mut raw, &mut load, &mut decode][pass as usize].push(gbps);
         }
     }
-    if let Raw::Redis(conn, _) = &raw_keep {
+    if let Raw::Redis(conn, _) = &setup.raw {
         let mut conn = conn.clone();
         for k in setup.redis_keys.chunks(256) {
             let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
@@ -316,7 +312,8 @@ async fn setup(
     Ok(match b.tier {
         BenchTier::Memory => Setup {
             store: Arc::new(MemoryStore::new(capacity)),
-            raw: Raw::Memory(Vec::new()),
+            // Views of the same buffers the store holds: no extra memory.
+            raw: Raw::Memory(encoded.to_vec()),
             paths: Vec::new(),
             _redis: None,
             _dir: None,

@@ -29,6 +29,8 @@ pub struct TtftBench {
     pub bandwidths: Bandwidths,
     pub engine: EngineConfig,
     pub seed: u64,
+    /// Runs per measurement; the median is kept (the machine is noisy).
+    pub repeat: usize,
 }
 
 /// One measurement (`--json` rows).
@@ -58,6 +60,11 @@ impl TtftReport {
             r.context == context && r.bandwidth_bytes_per_s == bw && r.strategy == strategy
         })
     }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The oracle: the best split of the cached chunks given each chunk's
@@ -98,33 +105,23 @@ pub async fn run(
         let mem: Arc<dyn KvStore> = Arc::new(MemoryStore::new(u64::MAX / 2));
         fill_store(&model, &tokenizer, &mem, &cfg, &prompt).await?;
 
-        // Each chunk's compute time, chunk by chunk, as the engine runs it.
-        let mut cache = model.new_cache();
-        let mut chunk_s = Vec::new();
-        for piece in prompt.chunks(c) {
-            let t = Instant::now();
-            model.forward_no_logits(&mut cache, piece)?;
-            chunk_s.push(t.elapsed().as_secs_f64());
+        // Each chunk's compute time, chunk by chunk as the engine runs it
+        // (median over the runs).
+        let runs = bench.repeat.max(1);
+        let mut per_chunk: Vec<Vec<f64>> = vec![Vec::new(); context.div_ceil(c)];
+        for _ in 0..runs {
+            let mut cache = model.new_cache();
+            for (i, piece) in prompt.chunks(c).enumerate() {
+                let t = Instant::now();
+                model.forward_no_logits(&mut cache, piece)?;
+                per_chunk[i].push(t.elapsed().as_secs_f64());
+            }
         }
-        drop(cache);
+        let chunk_shape: Vec<f64> = per_chunk.iter_mut().map(|v| median(v)).collect();
         let cached = (context - 1) / c; // the chunk with the last token is computed
-        let direct = Engine::start(
-            model.clone(),
-            tokenizer.clone(),
-            Some(mem.clone()),
-            cfg.clone(),
-        )?;
-        chunk_bytes = direct.chunk_bytes();
-        let compute = run_request(
-            &direct,
-            bench_request("compute", prompt.clone(), 1, Some(Strategy::Compute)),
-        )
-        .await?;
-        progress(&format!(
-            "context {context}: compute-only {:.0} ms",
-            compute.ttft_ms
-        ));
-        let compute_cached_s: f64 = chunk_s[..cached].iter().sum();
+        chunk_bytes =
+            Engine::start(model.clone(), tokenizer.clone(), None, cfg.clone())?.chunk_bytes();
+        let compute_cached_s: f64 = chunk_shape[..cached].iter().sum();
         let bw_balanced = (cached as f64 * chunk_bytes as f64) / compute_cached_s.max(1e-9);
         balanced.push((context, bw_balanced));
         let bws: Vec<f64> = match &bench.bandwidths {
@@ -135,38 +132,29 @@ pub async fn run(
             let link = Arc::new(Link::new(bw as u64, Duration::ZERO));
             let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem.clone(), link, false));
             let engine = Engine::start(model.clone(), tokenizer.clone(), Some(store), cfg.clone())?;
-            // Warm the worker's meters (auto needs them), then measure.
-            rows.push(Row {
-                context,
-                bandwidth_bytes_per_s: bw,
-                strategy: "compute".into(),
-                ttft_ms: compute.ttft_ms,
-                computed_tokens: compute.computed_tokens,
-                loaded_tokens: compute.loaded_tokens,
-            });
-            let mut load_ttft = 0.0;
-            for s in [Strategy::Load, Strategy::Cake, Strategy::Auto] {
-                if s == Strategy::Auto {
-                    // Auto decides from measured rates: give it the
-                    // compute side's too.
-                    run_request(
-                        &engine,
-                        bench_request(
-                            "warm",
-                            prompt[..c.min(context)].to_vec(),
-                            1,
-                            Some(Strategy::Compute),
-                        ),
-                    )
-                    .await?;
+            let mut ttft = std::collections::HashMap::new();
+            // Compute first: it also warms the worker's compute meter, and
+            // load warms its bandwidth meter, which `auto` decides from.
+            for s in [
+                Strategy::Compute,
+                Strategy::Load,
+                Strategy::Cake,
+                Strategy::Auto,
+            ] {
+                let mut us = Vec::new();
+                for _ in 0..runs {
+                    us.push(
+                        run_request(
+                            &engine,
+                            bench_request(s.as_str(), prompt.clone(), 1, Some(s)),
+                        )
+                        .await?,
+                    );
                 }
-                let u = run_request(
-                    &engine,
-                    bench_request(s.as_str(), prompt.clone(), 1, Some(s)),
-                )
-                .await?;
+                us.sort_by(|a, b| a.ttft_ms.total_cmp(&b.ttft_ms));
+                let u = us.swap_remove(us.len() / 2);
                 progress(&format!(
-                    "context {context}, {:.2} GB/s: {} {:.0} ms (loaded {}, computed {}{})",
+                    "context {context}, {:.3} GB/s: {} {:.0} ms (loaded {}, computed {}{})",
                     bw / 1e9,
                     s.as_str(),
                     u.ttft_ms,
@@ -178,9 +166,7 @@ pub async fn run(
                         String::new()
                     }
                 ));
-                if s == Strategy::Load {
-                    load_ttft = u.ttft_ms;
-                }
+                ttft.insert(s, u.ttft_ms);
                 rows.push(Row {
                     context,
                     bandwidth_bytes_per_s: bw,
@@ -190,6 +176,11 @@ pub async fn run(
                     loaded_tokens: u.loaded_tokens,
                 });
             }
+            // Per-chunk compute times at this run's level: the chunk pass's
+            // shape scaled to the compute-only TTFT measured just now.
+            let level = ttft[&Strategy::Compute] / 1e3 / chunk_shape.iter().sum::<f64>().max(1e-12);
+            let chunk_s: Vec<f64> = chunk_shape.iter().map(|t| t * level).collect();
+            let load_ttft = ttft[&Strategy::Load];
             // One chunk's load time, from the load-only run: its TTFT less
             // the computed suffix, over the chunks it loaded.
             let suffix_s: f64 = chunk_s[cached..].iter().sum();

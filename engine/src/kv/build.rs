@@ -21,14 +21,12 @@ pub enum KvError {
     Config(#[from] ConfigError),
     #[error("kv store: {0}")]
     Store(#[from] StoreError),
-    #[error("the redis tier must be built inside a tokio runtime")]
-    NoRuntime,
 }
 
 /// Builds the store `cfg` describes; the disk tier defaults to
 /// `data_dir/kv`. Opening the disk tier reads its folder (blocking), and
-/// the Redis tier connects lazily (Redis being down is not an error here),
-/// which needs a tokio runtime.
+/// the Redis tier connects lazily (Redis being down is not an error here)
+/// and needs to be built inside a tokio runtime.
 pub fn build_store(cfg: &KvConfig, data_dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
     cfg.validate()?;
     let t = &cfg.throttle;
@@ -58,9 +56,6 @@ pub fn build_store(cfg: &KvConfig, data_dir: &Path) -> Result<Arc<dyn KvStore>, 
         tiers.push(throttle(Arc::new(disk), ThrottleTarget::Disk));
     }
     if cfg.redis.enabled {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(KvError::NoRuntime);
-        }
         let redis = RedisStore::new(&cfg.redis)?;
         tiers.push(throttle(Arc::new(redis), ThrottleTarget::Redis));
     }

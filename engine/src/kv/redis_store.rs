@@ -38,8 +38,12 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: Redis being down at start is not an error (reads
-    /// are misses until it is up). Must be called inside a tokio runtime.
+    /// are misses until it is up). Must be called inside a tokio runtime
+    /// (the connection manager runs a task).
     pub fn new(cfg: &RedisConfig) -> Result<RedisStore, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::NoRuntime);
+        }
         let client = redis::Client::open(cfg.url.as_str())?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))

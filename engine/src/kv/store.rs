@@ -118,6 +118,8 @@ pub enum StoreError {
     },
     #[error("blocking task failed: {0}")]
     Task(String),
+    #[error("the redis store must be created inside a tokio runtime")]
+    NoRuntime,
 }
 
 /// A snapshot of one store's counters (and, for stores made of others,

@@ -288,7 +288,7 @@ impl Engine {
             let chunk_bytes = self.chunk_bytes();
             inner.shared.io.plan(n_stored as u64 * chunk_bytes);
             let engine = self.clone();
-            let job = IoJob {
+            let mut job = IoJob {
                 plan: p.clone(),
                 store: store.clone(),
                 keys: lookup.keys[..lookup.cached_end].to_vec(),
@@ -303,7 +303,9 @@ impl Engine {
                 chunk_bytes,
                 planned_chunks: n_stored as u64,
                 wake: Arc::new(move || engine.send(Msg::Wake)),
+                primed: Vec::new(),
             };
+            job.prime();
             inner.runtime.spawn(run_io(job));
             plan = Some(p);
         }

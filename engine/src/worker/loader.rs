@@ -115,6 +115,29 @@ pub(crate) struct IoJob {
     pub planned_chunks: u64,
     /// Called after every load that finished (the scheduler's wake-up).
     pub wake: Arc<dyn Fn() + Send + Sync>,
+    /// Chunks already claimed by [`IoJob::prime`], loaded first.
+    pub primed: Vec<usize>,
+}
+
+impl IoJob {
+    /// Claims the first `depth` chunks in the I/O side's order before the
+    /// request reaches the scheduler, so both sides start together rather
+    /// than compute winning its first claims by scheduling accident.
+    pub(crate) fn prime(&mut self) {
+        let n = self.plan.lock().len();
+        let order: Vec<usize> = match self.order {
+            IoOrder::BackToFront => (0..n).rev().collect(),
+            IoOrder::FrontToBack => (0..n).collect(),
+        };
+        for i in order {
+            if self.primed.len() >= self.depth {
+                break;
+            }
+            if self.plan.claim_for_io(i) {
+                self.primed.push(i);
+            }
+        }
+    }
 }
 
 /// Runs the I/O side: keeps up to `depth` loads in flight, claiming chunks
@@ -131,13 +154,23 @@ pub(crate) async fn run_io(job: IoJob) {
     let mut exhausted = false;
     let mut issued = 0u64;
     let io = &job.meter.io;
+    let mut primed = job.primed.clone().into_iter();
     loop {
         while !exhausted && inflight.len() < job.depth && !job.plan.cancelled() {
-            let Some(i) = order.next() else {
-                exhausted = true;
-                break;
+            let i = if let Some(i) = primed.next() {
+                i
+            } else {
+                let Some(i) = order.next() else {
+                    exhausted = true;
+                    break;
+                };
+                if job.primed.contains(&i) {
+                    continue;
+                }
+                i
             };
-            let stop = {
+            let already_claimed = job.primed.contains(&i);
+            let stop = !already_claimed && {
                 let s = job.plan.lock();
                 match s[i] {
                     Slot::Stored => false,
@@ -150,7 +183,7 @@ pub(crate) async fn run_io(job: IoJob) {
                 exhausted = true;
                 break;
             }
-            if !job.plan.claim_for_io(i) {
+            if !already_claimed && !job.plan.claim_for_io(i) {
                 if job.order == IoOrder::BackToFront {
                     exhausted = true;
                     break;

@@ -40,6 +40,9 @@ pub struct TtftArgs {
     data_dir: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Write the rows as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -102,6 +105,7 @@ pub fn run(args: TtftArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         seed: args.seed,
+        repeat: args.repeat,
     };
     bench.engine.validate().map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new()?;
