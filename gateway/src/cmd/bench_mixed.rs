@@ -1,14 +1,12 @@
 //! `cake bench mixed`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use cake_engine::bench::mixed::{self, MixedBench};
 use cake_engine::worker::EngineConfig;
-use cake_engine::{Device, Model, Tokenizer};
 
-use super::model_dir::ensure_preset;
+use super::model_dir::load_bench_model;
 
 #[derive(clap::Args)]
 pub struct MixedArgs {
@@ -46,14 +44,8 @@ pub struct MixedArgs {
 }
 
 pub fn run(args: MixedArgs) -> anyhow::Result<()> {
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => ensure_preset(&args.preset, 0, &args.data_dir)?,
-    };
-    let model = Arc::new(
-        Model::load(&dir, Device::Cpu).with_context(|| format!("loading {}", dir.display()))?,
-    );
-    let tokenizer = Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json"))?);
+    let (model, tokenizer) =
+        load_bench_model(args.model.as_deref(), &args.preset, 0, &args.data_dir)?;
     anyhow::ensure!(
         args.fresh_min >= 1 && args.fresh_min <= args.fresh_max,
         "--fresh-min must be in 1..=--fresh-max"

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cake_engine::bench::prefill::{self, PrefillBench};
-use cake_engine::{Device, Model};
 
-use super::model_dir::ensure_preset;
+use super::model_dir::load_bench_model;
 
 #[derive(clap::Args)]
 pub struct PrefillArgs {
@@ -34,17 +33,19 @@ pub struct PrefillArgs {
 }
 
 pub fn run(args: PrefillArgs) -> anyhow::Result<()> {
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => ensure_preset(&args.preset, args.seed, &args.data_dir)?,
-    };
-    let model =
-        Model::load(&dir, Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+    let (model, _) = load_bench_model(
+        args.model.as_deref(),
+        &args.preset,
+        args.seed,
+        &args.data_dir,
+    )?;
     eprintln!(
         "prefill of {} tokens in chunks of {} on {} ({} threads)",
         args.context,
         args.chunk,
-        dir.display(),
+        args.model
+            .as_deref()
+            .map_or(args.preset.clone(), |d| d.display().to_string()),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

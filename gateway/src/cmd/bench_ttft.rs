@@ -1,15 +1,13 @@
 //! `cake bench ttft`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use cake_engine::bench::ttft::{self, Bandwidths, TtftBench, TtftReport};
 use cake_engine::kv::Codec;
 use cake_engine::worker::EngineConfig;
-use cake_engine::{Device, Model, Tokenizer};
 
-use super::model_dir::ensure_preset;
+use super::model_dir::load_bench_model;
 
 #[derive(clap::Args)]
 pub struct TtftArgs {
@@ -67,14 +65,8 @@ fn parse_bytes(s: &str) -> anyhow::Result<f64> {
 }
 
 pub fn run(args: TtftArgs) -> anyhow::Result<()> {
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => ensure_preset(&args.preset, 0, &args.data_dir)?,
-    };
-    let model = Arc::new(
-        Model::load(&dir, Device::Cpu).with_context(|| format!("loading {}", dir.display()))?,
-    );
-    let tokenizer = Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json"))?);
+    let (model, tokenizer) =
+        load_bench_model(args.model.as_deref(), &args.preset, 0, &args.data_dir)?;
     let bandwidths = if args.bandwidth == "auto" {
         Bandwidths::Auto(vec![0.1, 0.3, 0.6, 1.0, 1.6, 3.0, 10.0])
     } else {
