@@ -228,16 +228,15 @@ proptest! {
     }
 }
 
+/// A worker with no KV store (every request computes its prompt).
+fn storeless_engine(f: &Fixture, cfg: EngineConfig) -> Engine {
+    Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_receiver_cancels_and_others_still_run() {
     let f = fixture();
-    let engine = Engine::start(
-        f.model.clone(),
-        f.tokenizer.clone(),
-        None,
-        config(Strategy::Cake),
-    )
-    .unwrap();
+    let engine = storeless_engine(&f, config(Strategy::Cake));
     let p = prompt(40, 5, f.tokenizer.vocab_size());
     let mut long = request(&p, None);
     long.options.max_tokens = 2000;
@@ -264,7 +263,7 @@ async fn overload_and_bad_requests_are_refused_at_submit() {
         max_waiting: 0,
         ..config(Strategy::Cake)
     };
-    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg).unwrap();
+    let engine = storeless_engine(&f, cfg);
     let p = prompt(20, 5, f.tokenizer.vocab_size());
     let mut long = request(&p, None);
     long.options.max_tokens = 500;
@@ -272,13 +271,7 @@ async fn overload_and_bad_requests_are_refused_at_submit() {
     let err = engine.submit(request(&p, None)).unwrap_err();
     assert!(err.to_string().contains("overloaded"), "{err}");
 
-    let engine = Engine::start(
-        f.model.clone(),
-        f.tokenizer.clone(),
-        None,
-        config(Strategy::Cake),
-    )
-    .unwrap();
+    let engine = storeless_engine(&f, config(Strategy::Cake));
     let mut bad = request(&p, None);
     bad.options.temperature = -1.0;
     assert!(
