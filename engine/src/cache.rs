@@ -70,6 +70,63 @@ pub(crate) struct DeviceChunk {
     pub v: Vec<Tensor>,
 }
 
+impl DeviceChunk {
+    /// A host chunk's KV as tensors on `device`. On a GPU each plane is
+    /// uploaded on the copy stream, overlapping compute; the ops that read
+    /// it wait for its copy.
+    pub(crate) fn from_host(chunk: &KvChunk, device: Device) -> Result<DeviceChunk, EngineError> {
+        check_values(chunk.layout, chunk.tokens, chunk.data.len())?;
+        let l = chunk.layout;
+        let shape = [chunk.tokens, l.kv_heads, l.head_dim];
+        let mut k = Vec::with_capacity(l.layers);
+        let mut v = Vec::with_capacity(l.layers);
+        for i in 0..l.layers {
+            k.push(Tensor::upload(chunk.k(i), &shape, device)?);
+            v.push(Tensor::upload(chunk.v(i), &shape, device)?);
+        }
+        Ok(DeviceChunk {
+            tokens: chunk.tokens,
+            k,
+            v,
+        })
+    }
+
+    /// A chunk from 16-bit payload values (`bf16` true: bfloat16, else
+    /// IEEE half) in [`KvChunk`] order: on a GPU the bits are uploaded as
+    /// they are and widened there (the codec's decode on the GPU).
+    pub(crate) fn from_half_bits(
+        layout: KvLayout,
+        tokens: usize,
+        bits: &[u16],
+        bf16: bool,
+        device: Device,
+    ) -> Result<DeviceChunk, EngineError> {
+        check_values(layout, tokens, bits.len())?;
+        let shape = [tokens, layout.kv_heads, layout.head_dim];
+        let plane = tokens * layout.kv_heads * layout.head_dim;
+        let mut k = Vec::with_capacity(layout.layers);
+        let mut v = Vec::with_capacity(layout.layers);
+        for (i, kv) in bits
+            .chunks(plane.max(1))
+            .enumerate()
+            .take(2 * layout.layers)
+        {
+            let t = Tensor::from_half_bits(kv, bf16, &shape, device)?;
+            if i % 2 == 0 { k.push(t) } else { v.push(t) }
+        }
+        Ok(DeviceChunk { tokens, k, v })
+    }
+}
+
+fn check_values(layout: KvLayout, tokens: usize, values: usize) -> Result<(), EngineError> {
+    if values != tokens * layout.values_per_token() {
+        return Err(EngineError::KvLayout(format!(
+            "chunk of {tokens} tokens carries {values} values"
+        )));
+    }
+    Ok(())
+}
+
 /// The KV cache of one sequence: chunks in position order.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -121,50 +178,46 @@ impl KvCache {
                 chunk.layout, self.layout
             )));
         }
-        if chunk.data.len() != chunk.tokens * self.layout.values_per_token() {
-            return Err(EngineError::KvLayout(format!(
-                "chunk of {} tokens carries {} values",
-                chunk.tokens,
-                chunk.data.len()
-            )));
-        }
-        let (kvh, hd) = (self.layout.kv_heads, self.layout.head_dim);
-        let mut k = Vec::with_capacity(self.layout.layers);
-        let mut v = Vec::with_capacity(self.layout.layers);
-        for l in 0..self.layout.layers {
-            k.push(Tensor::from_vec(
-                chunk.k(l).to_vec(),
-                &[chunk.tokens, kvh, hd],
-                self.device,
-            )?);
-            v.push(Tensor::from_vec(
-                chunk.v(l).to_vec(),
-                &[chunk.tokens, kvh, hd],
-                self.device,
-            )?);
-        }
-        self.len += chunk.tokens;
-        self.chunks.push(DeviceChunk {
-            tokens: chunk.tokens,
-            k,
-            v,
-        });
+        let c = DeviceChunk::from_host(&chunk, self.device)?;
+        self.len += c.tokens;
+        self.chunks.push(c);
         Ok(())
     }
 
-    /// Copies chunk `i` out to host memory.
-    pub fn chunk(&self, i: usize) -> Option<KvChunk> {
-        let c = self.chunks.get(i)?;
+    /// Appends a chunk already on the cache's device (a load the I/O side
+    /// made ready).
+    pub(crate) fn push_loaded(&mut self, c: DeviceChunk) -> Result<(), EngineError> {
+        let ok = c.k.len() == self.layout.layers
+            && c.v.len() == self.layout.layers
+            && c.k.iter().chain(&c.v).all(|t| {
+                t.device() == self.device
+                    && t.shape() == [c.tokens, self.layout.kv_heads, self.layout.head_dim]
+            });
+        if !ok {
+            return Err(EngineError::KvLayout(
+                "a loaded chunk does not match the cache's layout or device".into(),
+            ));
+        }
+        self.len += c.tokens;
+        self.chunks.push(c);
+        Ok(())
+    }
+
+    /// Copies chunk `i` out to host memory (`None` past the last chunk).
+    pub fn chunk(&self, i: usize) -> Result<Option<KvChunk>, EngineError> {
+        let Some(c) = self.chunks.get(i) else {
+            return Ok(None);
+        };
         let mut data = Vec::with_capacity(c.tokens * self.layout.values_per_token());
         for l in 0..self.layout.layers {
-            data.extend(c.k[l].to_vec());
-            data.extend(c.v[l].to_vec());
+            data.extend(c.k[l].to_vec()?);
+            data.extend(c.v[l].to_vec()?);
         }
-        Some(KvChunk {
+        Ok(Some(KvChunk {
             layout: self.layout,
             tokens: c.tokens,
             data,
-        })
+        }))
     }
 
     /// Drops positions from `len` on (whole chunks only past it; a chunk

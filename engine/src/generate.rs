@@ -305,7 +305,7 @@ impl Model {
         while done < prompt.len() {
             let room = chunk_tokens - cache.len() % chunk_tokens;
             let end = (done + room).min(prompt.len());
-            let logits = self.forward(cache, &prompt[done..end])?.into_vec();
+            let logits = self.forward(cache, &prompt[done..end])?.into_vec()?;
             let v = self.config().vocab_size;
             for (r, row) in logits.chunks(v).enumerate() {
                 let i = done + r + 1;

@@ -60,18 +60,70 @@ pub struct Profile {
     pub other_s: f64,
 }
 
-struct Timer<'a> {
-    prof: Option<&'a mut Profile>,
-    t: std::time::Instant,
+/// Where a lap's time goes.
+#[derive(Clone, Copy)]
+enum Part {
+    Dense,
+    Attention,
+    Other,
 }
 
-impl Timer<'_> {
-    fn lap(&mut self, f: impl FnOnce(&mut Profile, f64)) {
-        if let Some(p) = self.prof.as_deref_mut() {
-            let now = std::time::Instant::now();
-            f(p, (now - self.t).as_secs_f64());
-            self.t = now;
+/// Times the parts of a profiled forward with device marks: instants on
+/// the CPU, events on a GPU's compute stream (GPU time of the ops between
+/// two marks, no synchronisation while the forward runs). Does nothing
+/// unless profiling.
+struct Timer<'a> {
+    prof: Option<&'a mut Profile>,
+    device: Device,
+    marks: Vec<(cake_kernels::Mark, Part)>,
+    start: Option<cake_kernels::Mark>,
+}
+
+impl<'a> Timer<'a> {
+    fn new(prof: Option<&'a mut Profile>, device: Device) -> Timer<'a> {
+        let start = if prof.is_some() {
+            device.mark().ok()
+        } else {
+            None
+        };
+        Timer {
+            prof,
+            device,
+            marks: Vec::new(),
+            start,
         }
+    }
+
+    /// The ops since the last lap were `part`.
+    fn lap(&mut self, part: Part) {
+        if self.prof.is_some()
+            && let Ok(m) = self.device.mark()
+        {
+            self.marks.push((m, part));
+        }
+    }
+
+    /// Adds the laps to the profile (waits for the device).
+    fn finish(self, dense_flops: f64) {
+        let (Some(p), Some(mut prev)) = (self.prof, self.start) else {
+            return;
+        };
+        for (m, part) in self.marks {
+            let secs = match m.seconds_since(&prev) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "profiling mark failed");
+                    0.0
+                }
+            };
+            match part {
+                Part::Dense => p.dense_s += secs,
+                Part::Attention => p.attention_s += secs,
+                Part::Other => p.other_s += secs,
+            }
+            prev = m;
+        }
+        p.dense_flops += dense_flops;
     }
 }
 
@@ -108,25 +160,30 @@ impl Model {
         let t = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
             Ok(Tensor::from_vec(ckpt.load(name, shape)?, shape, device)?)
         };
+        // Matmul weights: bf16 on a GPU (cuBLAS, f32 accumulation), f32 on
+        // the CPU.
+        let w = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
+            Ok(Tensor::weight(ckpt.load(name, shape)?, shape, device)?)
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
                 input_norm: t(&format!("{p}.input_layernorm.weight"), &[h])?,
-                wq: t(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-                wk: t(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                wv: t(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
-                wo: t(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
+                wq: w(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                wk: w(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                wv: w(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                wo: w(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 post_norm: t(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                w_gate: t(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
-                w_up: t(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
-                w_down: t(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                w_gate: w(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
+                w_up: w(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
+                w_down: w(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
             None
         } else {
-            Some(t("lm_head.weight", &[v, h])?)
+            Some(w("lm_head.weight", &[v, h])?)
         };
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"cake-model-fingerprint-v1\0");
@@ -210,10 +267,7 @@ impl Model {
         prof: Option<&mut Profile>,
     ) -> Result<Tensor, EngineError> {
         self.check_tokens(cache, tokens)?;
-        let mut tm = Timer {
-            prof,
-            t: std::time::Instant::now(),
-        };
+        let mut tm = Timer::new(prof, self.device);
         let dense_flops =
             tokens.len() as f64 * self.cfg.dense_flops_per_token() / self.cfg.num_layers as f64;
         let n = tokens.len();
@@ -226,36 +280,43 @@ impl Model {
         let mut new_v = Vec::with_capacity(c.num_layers);
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
-            tm.lap(|p, s| p.other_s += s);
-            let mut q = ops::matmul_t(&hn, &layer.wq)?.reshape(&[n, nh, hd])?;
-            let mut k = ops::matmul_t(&hn, &layer.wk)?.reshape(&[n, nkv, hd])?;
-            let v = ops::matmul_t(&hn, &layer.wv)?.reshape(&[n, nkv, hd])?;
-            tm.lap(|p, s| p.dense_s += s);
+            tm.lap(Part::Other);
+            let mut qkv = ops::matmul_t_many(&hn, &[&layer.wq, &layer.wk, &layer.wv])?.into_iter();
+            let mut next = |shape: &[usize]| -> Result<Tensor, EngineError> {
+                let t = qkv.next().ok_or_else(|| {
+                    EngineError::KvLayout("matmul_t_many returned too few outputs".into())
+                })?;
+                Ok(t.reshape(shape)?)
+            };
+            let mut q = next(&[n, nh, hd])?;
+            let mut k = next(&[n, nkv, hd])?;
+            let v = next(&[n, nkv, hd])?;
+            tm.lap(Part::Dense);
             ops::rope_inplace(&mut q, pos0, &self.rope)?;
             ops::rope_inplace(&mut k, pos0, &self.rope)?;
-            tm.lap(|p, s| p.other_s += s);
+            tm.lap(Part::Other);
             let attn = {
                 let (mut ks, mut vs) = cache.layer_views(l);
                 ks.push(&k);
                 vs.push(&v);
                 ops::attention(&q, pos0, &ks, &vs, scale)?
             };
-            tm.lap(|p, s| p.attention_s += s);
+            tm.lap(Part::Attention);
             let o = ops::matmul_t(&attn.reshape(&[n, nh * hd])?, &layer.wo)?;
-            tm.lap(|p, s| p.dense_s += s);
+            tm.lap(Part::Dense);
             ops::add_inplace(&mut x, &o)?;
             let hn = ops::rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
-            tm.lap(|p, s| p.other_s += s);
-            let gate = ops::matmul_t(&hn, &layer.w_gate)?;
-            let up = ops::matmul_t(&hn, &layer.w_up)?;
-            tm.lap(|p, s| p.dense_s += s);
+            tm.lap(Part::Other);
+            let [gate, up]: [Tensor; 2] = ops::matmul_t_many(&hn, &[&layer.w_gate, &layer.w_up])?
+                .try_into()
+                .map_err(|_| {
+                    EngineError::KvLayout("matmul_t_many returned too few outputs".into())
+                })?;
+            tm.lap(Part::Dense);
             let act = ops::silu_mul(&gate, &up)?;
-            tm.lap(|p, s| p.other_s += s);
+            tm.lap(Part::Other);
             let down = ops::matmul_t(&act, &layer.w_down)?;
-            tm.lap(|p, s| {
-                p.dense_s += s;
-                p.dense_flops += dense_flops;
-            });
+            tm.lap(Part::Dense);
             ops::add_inplace(&mut x, &down)?;
             new_k.push(k);
             new_v.push(v);
@@ -266,7 +327,8 @@ impl Model {
             v: new_v,
         });
         let out = ops::rms_norm(&x, &self.norm, c.rms_norm_eps)?;
-        tm.lap(|p, s| p.other_s += s);
+        tm.lap(Part::Other);
+        tm.finish(dense_flops * c.num_layers as f64);
         Ok(out)
     }
 
@@ -310,7 +372,7 @@ impl Model {
         }
         let h = self.forward_hidden(cache, tokens, None)?;
         let last = h.rows(tokens.len() - 1, tokens.len())?;
-        Ok(self.lm_head(&last)?.into_vec())
+        Ok(self.lm_head(&last)?.into_vec()?)
     }
 
     /// Runs `tokens` through the layers, appending their KV, without the
@@ -323,7 +385,9 @@ impl Model {
         if tokens.is_empty() {
             return Ok(());
         }
-        self.forward_hidden(cache, tokens, None).map(|_| ())
+        self.forward_hidden(cache, tokens, None)?;
+        // The chunk is done when this returns (the scheduler times it).
+        Ok(self.device.synchronize()?)
     }
 
     /// Prefills `tokens` after what the cache holds, in chunks whose

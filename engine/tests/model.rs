@@ -31,7 +31,7 @@ fn chunked_prefill_matches_one_shot() {
     let model = Model::load(&dir, Device::Cpu).unwrap();
     let toks = tokens(203, model.config().vocab_size, 2);
     let mut one = model.new_cache();
-    let full = model.forward(&mut one, &toks).unwrap().into_vec();
+    let full = model.forward(&mut one, &toks).unwrap().into_vec().unwrap();
     let v = model.config().vocab_size;
     let one_shot_last = &full[(toks.len() - 1) * v..];
     for chunk in [16, 64, 256] {
@@ -82,7 +82,7 @@ fn kv_by_layer(cache: &cake_engine::KvCache) -> Vec<(Vec<f32>, Vec<f32>)> {
     let layers = cache.layout().layers;
     let mut out = vec![(Vec::new(), Vec::new()); layers];
     for i in 0..cache.num_chunks() {
-        let c = cache.chunk(i).unwrap();
+        let c = cache.chunk(i).unwrap().unwrap();
         for (l, (k, v)) in out.iter_mut().enumerate() {
             k.extend_from_slice(c.k(l));
             v.extend_from_slice(c.v(l));

@@ -114,13 +114,17 @@ fn check(what: &str, preset: &Preset, dtype: Dtype, opts: &InitOptions, n: usize
 
     let model = Model::load(&out, Device::Cpu).unwrap();
     let mut cache = model.new_cache();
-    let logits: Vec<f32> = model.forward(&mut cache, &ids).unwrap().to_vec();
+    let logits: Vec<f32> = model.forward(&mut cache, &ids).unwrap().to_vec().unwrap();
     compare(what, &logits, &reference);
 
     let split = n / 3;
     let mut cache = model.new_cache();
     model.forward(&mut cache, &ids[..split]).unwrap();
-    let rest: Vec<f32> = model.forward(&mut cache, &ids[split..]).unwrap().to_vec();
+    let rest: Vec<f32> = model
+        .forward(&mut cache, &ids[split..])
+        .unwrap()
+        .to_vec()
+        .unwrap();
     compare(
         &format!("{what}, after {split} cached tokens"),
         &rest,

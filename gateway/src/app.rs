@@ -62,6 +62,25 @@ pub fn model_info(cfg: &Config, dir: &Path) -> Result<ModelInfo, StartError> {
     ))
 }
 
+/// The device `engine.device` names, probed: a GPU that cannot be used
+/// (no driver, no GPU, a build without `cuda`) is logged with the reason
+/// and the CPU backend serves instead. A spelling no build knows is an
+/// error.
+pub fn pick_device(spec: &str) -> Result<Device, String> {
+    let wants_gpu = spec.trim().starts_with("cuda");
+    match Device::probe(spec) {
+        Ok(d) => {
+            tracing::info!(device = %d.describe(), "compute device");
+            Ok(d)
+        }
+        Err(e) if wants_gpu => {
+            tracing::warn!(device = spec, reason = %e, "GPU unavailable; serving on the CPU backend");
+            Ok(Device::Cpu)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The engines of `cfg`'s embedded workers (one model, one store, shared)
 /// or, with `only`, one engine named after `[engine] name`.
 pub fn start_engines(
@@ -72,7 +91,7 @@ pub fn start_engines(
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let device = Device::parse(&cfg.engine.device)
+    let device = pick_device(&cfg.engine.device)
         .map_err(|e| model_err(dir, format!("engine.device = {:?}: {e}", cfg.engine.device)))?;
     tracing::info!(model = %dir.display(), "loading the model");
     let model = Arc::new(Model::load(dir, device)?);

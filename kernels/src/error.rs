@@ -9,6 +9,10 @@ pub enum KernelError {
     Device { op: &'static str },
     #[error("backend {0} is not available in this build")]
     Unavailable(String),
+    #[error("{op} needs f32 tensors (bf16 is for matmul weights only)")]
+    Dtype { op: &'static str },
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> KernelError {

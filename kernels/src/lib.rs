@@ -18,6 +18,8 @@
 #![allow(unsafe_code)]
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod error;
 pub mod ops;
 mod rate;
@@ -27,7 +29,33 @@ mod tensor;
 pub use error::KernelError;
 pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};
-pub use tensor::{Device, Tensor};
+pub use tensor::{Device, Mark, Tensor};
+
+/// Compiles the CUDA kernels' source with NVRTC for `arch` (e.g.
+/// `compute_90`) and returns the PTX. Needs NVRTC, not a GPU: lets a
+/// machine without one check that the kernels compile.
+#[cfg(feature = "cuda")]
+pub fn compile_cuda_kernels(arch: &str) -> Result<String> {
+    cuda::compile_source(arch)
+}
+
+/// The bf16 × bf16 → f32 GEMM rate of `device` in GFLOP/s on
+/// `x[m, k] · w[n, k]ᵀ` with operands already on the device (cuBLAS, f32
+/// accumulation), over `iters` timed calls after one warm-up; for the CPU,
+/// [`gemm_gflops`] (f32, our own kernel).
+pub fn device_gemm_gflops(
+    device: Device,
+    m: usize,
+    k: usize,
+    n: usize,
+    iters: usize,
+) -> Result<f64> {
+    match device {
+        Device::Cpu => Ok(gemm_gflops(m, k, n, iters)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => cuda::backend(o)?.bench_gemm_bf16(m, k, n, iters),
+    }
+}
 
 /// Result of a kernel call.
 pub type Result<T> = std::result::Result<T, KernelError>;

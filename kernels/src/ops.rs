@@ -4,6 +4,9 @@
 use crate::error::shape_err;
 use crate::{KernelError, Result, RopeTable, Tensor, cpu, tensor::Device};
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, Buf};
+
 fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     let d = ts.first().map(|t| t.device()).unwrap_or_default();
     if ts.iter().any(|t| t.device() != d) {
@@ -31,6 +34,50 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             cpu::matmul_t(x.cpu(), w.cpu(), &mut out, m, k, n);
             Tensor::from_vec(out, &[m, n], Device::Cpu)
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let out = cuda::backend(o)?.matmul_t(
+                x.cuda_buf()?.f32("matmul_t")?,
+                w.cuda_buf()?,
+                m,
+                k,
+                n,
+            )?;
+            Ok(Tensor::from_cuda(o, Buf::F32(out), &[m, n]))
+        }
+    }
+}
+
+/// [`matmul_t`] of one input by several weights (e.g. the Q, K and V
+/// projections). Same results as separate calls; on a GPU the input is
+/// rounded to bf16 once for all of them.
+pub fn matmul_t_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let xs = x.shape();
+    for w in ws {
+        let s = w.shape();
+        if xs.len() != 2 || s.len() != 2 || xs[1] != s[1] {
+            return Err(shape_err("matmul_t", format!("x {xs:?} · w {s:?}ᵀ")));
+        }
+    }
+    let mut all = vec![x];
+    all.extend(ws.iter().copied());
+    match same_device("matmul_t", &all)? {
+        Device::Cpu => ws.iter().map(|w| matmul_t(x, w)).collect(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let (m, k) = (xs[0], xs[1]);
+            let bufs = ws
+                .iter()
+                .map(|w| w.cuda_buf().map(|b| (b, w.shape()[0])))
+                .collect::<Result<Vec<_>>>()?;
+            let outs =
+                cuda::backend(o)?.matmul_t_many(x.cuda_buf()?.f32("matmul_t")?, &bufs, m, k)?;
+            Ok(outs
+                .into_iter()
+                .zip(ws)
+                .map(|(out, w)| Tensor::from_cuda(o, Buf::F32(out), &[m, w.shape()[0]]))
+                .collect())
+        }
     }
 }
 
@@ -46,6 +93,18 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
             let mut out = vec![0.0; x.len()];
             cpu::rms_norm(x.cpu(), w.cpu(), eps, d, &mut out);
             Tensor::from_vec(out, xs, Device::Cpu)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let rows = if d == 0 { 0 } else { x.len() / d };
+            let out = cuda::backend(o)?.rms_norm(
+                x.cuda_buf()?.f32("rms_norm")?,
+                w.cuda_buf()?.f32("rms_norm")?,
+                eps,
+                rows,
+                d,
+            )?;
+            Ok(Tensor::from_cuda(o, Buf::F32(out), xs))
         }
     }
 }
@@ -69,6 +128,19 @@ pub fn rope_inplace(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()
             cpu::rope(x.cpu_mut(), xs[1], xs[2], pos0, table.inv_freq());
             Ok(())
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let be = cuda::backend(o)?;
+            let inv = be.upload(table.inv_freq())?;
+            be.rope(
+                x.cuda_buf_mut()?.f32_mut("rope")?,
+                xs[0],
+                xs[1],
+                xs[2],
+                pos0,
+                &inv,
+            )
+        }
     }
 }
 
@@ -86,6 +158,15 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             cpu::silu_mul(gate.cpu(), up.cpu(), &mut out);
             Tensor::from_vec(out, gate.shape(), Device::Cpu)
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let out = cuda::backend(o)?.silu_mul(
+                gate.cuda_buf()?.f32("silu_mul")?,
+                up.cuda_buf()?.f32("silu_mul")?,
+                gate.len(),
+            )?;
+            Ok(Tensor::from_cuda(o, Buf::F32(out), gate.shape()))
+        }
     }
 }
 
@@ -102,6 +183,15 @@ pub fn add_inplace(x: &mut Tensor, y: &Tensor) -> Result<()> {
             cpu::add_inplace(x.cpu_mut(), y.cpu());
             Ok(())
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let n = x.len();
+            cuda::backend(o)?.add_inplace(
+                x.cuda_buf_mut()?.f32_mut("add")?,
+                y.cuda_buf()?.f32("add")?,
+                n,
+            )
+        }
     }
 }
 
@@ -113,6 +203,15 @@ pub fn softmax_inplace(x: &mut Tensor) -> Result<()> {
             if d > 0 {
                 x.cpu_mut().chunks_mut(d).for_each(cpu::softmax_row);
             }
+            Ok(())
+        }
+        // Not on any hot path (sampling works on host logits): done on
+        // the host.
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            let mut host = Tensor::from_vec(x.to_vec()?, x.shape(), Device::Cpu)?;
+            softmax_inplace(&mut host)?;
+            *x = Tensor::from_vec(host.into_vec()?, x.shape(), x.device())?;
             Ok(())
         }
     }
@@ -139,6 +238,11 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
                 out.extend_from_slice(&t[i as usize * d..(i as usize + 1) * d]);
             }
             Tensor::from_vec(out, &[ids.len(), d], Device::Cpu)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let out = cuda::backend(o)?.embedding(table.cuda_buf()?.f32("embedding")?, ids, d)?;
+            Ok(Tensor::from_cuda(o, Buf::F32(out), &[ids.len(), d]))
         }
     }
 }
@@ -222,6 +326,28 @@ pub fn attention(
                 &mut out,
             );
             Tensor::from_vec(out, qs, Device::Cpu)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(o) => {
+            let ks = keys
+                .iter()
+                .map(|k| k.cuda_buf().and_then(|b| b.f32("attention")))
+                .collect::<Result<Vec<_>>>()?;
+            let vs = values
+                .iter()
+                .map(|v| v.cuda_buf().and_then(|b| b.f32("attention")))
+                .collect::<Result<Vec<_>>>()?;
+            let lens: Vec<usize> = keys.iter().map(|k| k.shape()[0]).collect();
+            let out = cuda::backend(o)?.attention(
+                q.cuda_buf()?.f32("attention")?,
+                &ks,
+                &vs,
+                &lens,
+                (m, n_heads, kv_heads, hd),
+                q_pos0,
+                scale,
+            )?;
+            Ok(Tensor::from_cuda(o, Buf::F32(out), qs))
         }
     }
 }

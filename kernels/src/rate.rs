@@ -14,8 +14,9 @@ pub fn gemm_gflops(m: usize, k: usize, n: usize, iters: usize) -> f64 {
     if m == 0 || k == 0 || n == 0 || iters == 0 {
         return 0.0;
     }
-    let x = filled(&[m, k], 1);
-    let w = filled(&[n, k], 2);
+    let (Ok(x), Ok(w)) = (filled(&[m, k], 1), filled(&[n, k], 2)) else {
+        return 0.0;
+    };
     // The shapes agree by construction, so the calls cannot fail; an error
     // would show as a rate of 0 rather than a panic.
     if ops::matmul_t(&x, &w).is_err() {
@@ -32,12 +33,12 @@ pub fn gemm_gflops(m: usize, k: usize, n: usize, iters: usize) -> f64 {
 }
 
 /// A tensor of small, varied values (no zeros, no denormals).
-fn filled(shape: &[usize], seed: usize) -> Tensor {
-    let mut t = Tensor::zeros(shape, Device::Cpu);
-    for (i, v) in t.cpu_mut().iter_mut().enumerate() {
-        *v = (((i * 7 + seed * 13) % 17) as f32 - 8.5) * 0.0625;
-    }
-    t
+fn filled(shape: &[usize], seed: usize) -> crate::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.5) * 0.0625)
+        .collect();
+    Tensor::from_vec(data, shape, Device::Cpu)
 }
 
 #[cfg(test)]

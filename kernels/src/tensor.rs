@@ -1,19 +1,123 @@
 use crate::{KernelError, Result, error::shape_err};
 
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, Buf};
+
 /// Where a tensor's data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     /// Host memory; ops run multi-threaded on the CPU.
     #[default]
     Cpu,
+    /// NVIDIA GPU with this ordinal (feature `cuda`); ops run in order on
+    /// the GPU's compute stream.
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
 }
 
 impl Device {
-    /// Parses `cpu` (the only device this build knows).
+    /// Parses `cpu`, `cuda` or `cuda:N` without touching any GPU. `cuda`
+    /// in a build without the `cuda` feature is an error saying so.
     pub fn parse(s: &str) -> Result<Device> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            other => Err(KernelError::Unavailable(other.to_string())),
+        let s = s.trim();
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        let ordinal = match s.strip_prefix("cuda") {
+            Some("") => Some(0),
+            Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
+            None => None,
+        };
+        match ordinal {
+            None => Err(KernelError::Unavailable(format!(
+                "`{s}` (devices are `cpu`, `cuda` or `cuda:N`)"
+            ))),
+            #[cfg(feature = "cuda")]
+            Some(n) => Ok(Device::Cuda(n)),
+            #[cfg(not(feature = "cuda"))]
+            Some(n) => Err(KernelError::Unavailable(format!(
+                "cuda:{n} (this build has no `cuda` feature: build with `--features cuda`)"
+            ))),
+        }
+    }
+
+    /// Parses `s` and, for a GPU, brings its backend up (driver, NVRTC
+    /// compile of the kernels, cuBLAS), so an unusable device is reported
+    /// here, with the reason, rather than at the first op.
+    pub fn probe(s: &str) -> Result<Device> {
+        let d = Device::parse(s)?;
+        match d {
+            Device::Cpu => Ok(d),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => cuda::backend(n).map(|_| d),
+        }
+    }
+
+    /// The device in words, e.g. `cuda:0 (NVIDIA H100 80GB HBM3, sm_90)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => match cuda::backend(*n) {
+                Ok(b) => b.describe(),
+                Err(e) => format!("cuda:{n} ({e})"),
+            },
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    /// Waits until every op issued on the device has finished (GPU ops
+    /// are asynchronous; CPU ops are done when they return).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => cuda::backend(*n)?.synchronize(),
+        }
+    }
+}
+
+/// A point in a device's sequence of ops, for timing them: on the CPU an
+/// instant (ops are done when they return); on a GPU an event recorded on
+/// the compute stream, so the time between two marks is the GPU's own time
+/// for the ops issued between them, with no synchronisation in between.
+#[derive(Debug)]
+pub struct Mark(MarkInner);
+
+#[derive(Debug)]
+enum MarkInner {
+    Cpu(std::time::Instant),
+    #[cfg(feature = "cuda")]
+    Cuda(cudarc::driver::CudaEvent),
+}
+
+impl Mark {
+    /// Seconds from `earlier` to this mark (waits for this mark's ops on a
+    /// GPU). Marks of different devices give an error.
+    pub fn seconds_since(&self, earlier: &Mark) -> Result<f64> {
+        match (&self.0, &earlier.0) {
+            (MarkInner::Cpu(a), MarkInner::Cpu(b)) => Ok(a.duration_since(*b).as_secs_f64()),
+            #[cfg(feature = "cuda")]
+            (MarkInner::Cuda(a), MarkInner::Cuda(b)) => b
+                .elapsed_ms(a)
+                .map(|ms| f64::from(ms) / 1e3)
+                .map_err(|e| KernelError::Cuda(format!("event timing: {e}"))),
+            #[cfg(feature = "cuda")]
+            _ => Err(KernelError::Device { op: "mark" }),
+        }
+    }
+}
+
+impl Device {
+    /// Marks the present point of this device's ops (see [`Mark`]).
+    pub fn mark(&self) -> Result<Mark> {
+        match self {
+            Device::Cpu => Ok(Mark(MarkInner::Cpu(std::time::Instant::now()))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => Ok(Mark(MarkInner::Cuda(cuda::backend(*n)?.mark()?))),
         }
     }
 }
@@ -22,6 +126,8 @@ impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }
@@ -29,42 +135,163 @@ impl std::fmt::Display for Device {
 #[derive(Debug, Clone)]
 enum Storage {
     Cpu(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda {
+        ordinal: usize,
+        buf: Buf,
+    },
 }
 
-/// A dense, row-major f32 tensor on one device.
+/// A dense, row-major tensor on one device: f32, except matmul weights on
+/// a GPU, which are held as bf16 (see [`Tensor::weight`]).
 #[derive(Debug, Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Storage,
 }
 
+fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n != len {
+        return Err(shape_err(
+            op,
+            format!("shape {shape:?} holds {n} values, data has {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// f32 → bf16 bits, round to nearest even (NaN stays NaN).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn to_bf16_bits(v: f32) -> u16 {
+    let u = v.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 or f16 bits → f32 (exact).
+pub(crate) fn half_to_f32(b: u16, bf16: bool) -> f32 {
+    if bf16 {
+        return f32::from_bits((b as u32) << 16);
+    }
+    let sign = ((b as u32) & 0x8000) << 16;
+    let exp = ((b as u32) >> 10) & 0x1f;
+    let man = (b as u32) & 0x3ff;
+    if exp == 0 {
+        let v = man as f32 * 5.960_464_5e-8;
+        return if sign != 0 { -v } else { v };
+    }
+    if exp == 31 {
+        return f32::from_bits(sign | 0x7f80_0000 | (man << 13));
+    }
+    f32::from_bits(sign | ((exp + 112) << 23) | (man << 13))
+}
+
 impl Tensor {
     /// Wraps host data; `data.len()` must equal the product of `shape`.
+    /// On a GPU the data is copied on the compute stream.
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(shape_err(
-                "from_vec",
-                format!("shape {shape:?} holds {n} values, data has {}", data.len()),
-            ));
-        }
+        check_len("from_vec", shape, data.len())?;
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(data),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => Storage::Cuda {
+                ordinal: o,
+                buf: Buf::F32(cuda::backend(o)?.upload(&data)?),
+            },
+        };
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+
+    /// A matmul weight `[out, in]`. On the CPU it is kept as f32; on a GPU
+    /// it is rounded to bf16 (cuBLAS multiplies bf16 with f32 accumulation)
+    /// — exact for checkpoints stored in bf16.
+    pub fn weight(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
+        check_len("weight", shape, data.len())?;
         match device {
-            Device::Cpu => Ok(Tensor {
+            Device::Cpu => Tensor::from_vec(data, shape, device),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => {
+                let bits: Vec<u16> = data.iter().map(|&v| to_bf16_bits(v)).collect();
+                drop(data);
+                Ok(Tensor {
+                    shape: shape.to_vec(),
+                    storage: Storage::Cuda {
+                        ordinal: o,
+                        buf: Buf::Bf16(cuda::backend(o)?.upload_bf16(&bits)?),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Copies host data in for use by later ops; on a GPU the copy runs on
+    /// the copy stream from pinned buffers, overlapping the compute stream,
+    /// and the ops that read the tensor wait for it (an event marks it).
+    /// Used for KV chunks loaded from storage.
+    pub fn upload(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
+        check_len("upload", shape, data.len())?;
+        match device {
+            Device::Cpu => Tensor::from_vec(data.to_vec(), shape, device),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => Ok(Tensor {
                 shape: shape.to_vec(),
-                storage: Storage::Cpu(data),
+                storage: Storage::Cuda {
+                    ordinal: o,
+                    buf: Buf::F32(cuda::backend(o)?.upload_async(data)?),
+                },
+            }),
+        }
+    }
+
+    /// An f32 tensor from 16-bit floats (`bf16` true: bfloat16, else IEEE
+    /// half) — a stored chunk's payload. On a GPU the bits are uploaded as
+    /// they are (half the bytes of f32) on the copy stream and widened
+    /// there; on the CPU they are widened on the host. Exact either way.
+    pub fn from_half_bits(
+        bits: &[u16],
+        bf16: bool,
+        shape: &[usize],
+        device: Device,
+    ) -> Result<Tensor> {
+        check_len("from_half_bits", shape, bits.len())?;
+        match device {
+            Device::Cpu => Tensor::from_vec(
+                bits.iter().map(|&b| half_to_f32(b, bf16)).collect(),
+                shape,
+                device,
+            ),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => Ok(Tensor {
+                shape: shape.to_vec(),
+                storage: Storage::Cuda {
+                    ordinal: o,
+                    buf: Buf::F32(cuda::backend(o)?.upload_half_async(bits, bf16)?),
+                },
             }),
         }
     }
 
     /// A tensor of zeros.
-    pub fn zeros(shape: &[usize], device: Device) -> Tensor {
+    pub fn zeros(shape: &[usize], device: Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        match device {
-            Device::Cpu => Tensor {
-                shape: shape.to_vec(),
-                storage: Storage::Cpu(vec![0.0; n]),
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(vec![0.0; n]),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => Storage::Cuda {
+                ordinal: o,
+                buf: Buf::F32(cuda::backend(o)?.zeros(n)?),
             },
-        }
+        };
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -83,6 +310,8 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { ordinal, .. } => Device::Cuda(ordinal),
         }
     }
 
@@ -99,17 +328,21 @@ impl Tensor {
         Ok(self)
     }
 
-    /// A copy of the data in host memory.
-    pub fn to_vec(&self) -> Vec<f32> {
+    /// A copy of the data in host memory, as f32 (waits for the GPU).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
-            Storage::Cpu(v) => v.clone(),
+            Storage::Cpu(v) => Ok(v.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { ordinal, buf } => cuda::backend(*ordinal)?.download(buf),
         }
     }
 
     /// Moves the data out into host memory (no copy on the CPU).
-    pub fn into_vec(self) -> Vec<f32> {
+    pub fn into_vec(self) -> Result<Vec<f32>> {
         match self.storage {
-            Storage::Cpu(v) => v,
+            Storage::Cpu(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { ordinal, buf } => cuda::backend(ordinal)?.download(&buf),
         }
     }
 
@@ -117,6 +350,8 @@ impl Tensor {
     pub fn as_slice(&self) -> Option<&[f32]> {
         match &self.storage {
             Storage::Cpu(v) => Some(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { .. } => None,
         }
     }
 
@@ -124,6 +359,8 @@ impl Tensor {
     pub fn as_mut_slice(&mut self) -> Option<&mut [f32]> {
         match &mut self.storage {
             Storage::Cpu(v) => Some(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { .. } => None,
         }
     }
 
@@ -139,23 +376,91 @@ impl Tensor {
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        match &self.storage {
-            Storage::Cpu(v) => Ok(Tensor {
-                shape,
-                storage: Storage::Cpu(v[start * row..end * row].to_vec()),
-            }),
-        }
+        let storage = match &self.storage {
+            Storage::Cpu(v) => Storage::Cpu(v[start * row..end * row].to_vec()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { ordinal, buf } => Storage::Cuda {
+                ordinal: *ordinal,
+                buf: cuda::backend(*ordinal)?.copy_range(buf, start * row, end * row)?,
+            },
+        };
+        Ok(Tensor { shape, storage })
     }
 
+    /// Host data; empty for a tensor elsewhere (ops call this only in
+    /// their CPU arm, after checking the device).
     pub(crate) fn cpu(&self) -> &[f32] {
         match &self.storage {
             Storage::Cpu(v) => v,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { .. } => &[],
         }
     }
 
     pub(crate) fn cpu_mut(&mut self) -> &mut [f32] {
         match &mut self.storage {
             Storage::Cpu(v) => v,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda { .. } => &mut [],
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn from_cuda(ordinal: usize, buf: Buf, shape: &[usize]) -> Tensor {
+        Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cuda { ordinal, buf },
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_buf(&self) -> Result<&Buf> {
+        match &self.storage {
+            Storage::Cuda { buf, .. } => Ok(buf),
+            Storage::Cpu(_) => Err(KernelError::Device { op: "cuda" }),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_buf_mut(&mut self) -> Result<&mut Buf> {
+        match &mut self.storage {
+            Storage::Cuda { buf, .. } => Ok(buf),
+            Storage::Cpu(_) => Err(KernelError::Device { op: "cuda" }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversions_are_exact() {
+        for b in [0u16, 0x8000, 0x3c00, 0xbc00, 0x0001, 0x03ff, 0x7bff, 0x7c00] {
+            let f = half_to_f32(b, false);
+            let back = half::f16::from_f32(f).to_bits();
+            assert_eq!(back, b, "f16 {b:#06x} -> {f}");
+        }
+        for v in [0.0f32, -1.5, 3.140625, 1e-30, 6.0e4] {
+            let b = to_bf16_bits(v);
+            assert_eq!(b, half::bf16::from_f32(v).to_bits());
+            assert_eq!(half_to_f32(b, true), half::bf16::from_f32(v).to_f32());
+        }
+    }
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!(Device::parse("cpu").ok(), Some(Device::Cpu));
+        assert!(Device::parse("tpu").is_err());
+        assert!(Device::parse("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(
+            Device::parse("cuda:0")
+                .err()
+                .map(|e| e.to_string().contains("--features cuda"))
+                .unwrap_or(false)
+        );
+        #[cfg(feature = "cuda")]
+        assert_eq!(Device::parse("cuda:1").ok(), Some(Device::Cuda(1)));
     }
 }

@@ -72,7 +72,7 @@ impl Case {
         );
         let out = attention(&q, self.q_pos0 + r0, &kr, &vr, self.scale()).unwrap();
         assert_eq!(out.shape(), q.shape());
-        out.into_vec()
+        out.into_vec().unwrap()
     }
 
     fn reference(&self) -> Vec<f64> {

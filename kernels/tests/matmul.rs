@@ -62,7 +62,7 @@ fn model_shape_runs_in_parallel_paths() {
 fn zero_depth_gives_zeros_and_bad_shapes_are_errors() {
     let x = t(vec![], &[3, 0]);
     let w = t(vec![], &[2, 0]);
-    assert_eq!(matmul_t(&x, &w).unwrap().to_vec(), vec![0.0; 6]);
+    assert_eq!(matmul_t(&x, &w).unwrap().to_vec().unwrap(), vec![0.0; 6]);
     let x = t(vec![0.0; 6], &[2, 3]);
     let w = t(vec![0.0; 8], &[2, 4]);
     assert!(matmul_t(&x, &w).is_err());
@@ -104,11 +104,14 @@ fn matmul_rows_independent_of_m() {
     let mut rng = Rng::new(7);
     let x = rng.vec(256 * k);
     let w = t(rng.vec(n * k), &[n, k]);
-    let full = matmul_t(&t(x.clone(), &[256, k]), &w).unwrap().to_vec();
+    let full = matmul_t(&t(x.clone(), &[256, k]), &w)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     for &m in &[1usize, 37, 255] {
         for start in [0, 3.min(256 - m), 256 - m] {
             let part = t(x[start * k..(start + m) * k].to_vec(), &[m, k]);
-            let got = matmul_t(&part, &w).unwrap().to_vec();
+            let got = matmul_t(&part, &w).unwrap().to_vec().unwrap();
             assert_eq!(
                 bits(&got),
                 bits(&full[start * n..(start + m) * n]),
@@ -133,9 +136,9 @@ proptest! {
         let mut rng = Rng::new(seed);
         let x = rng.vec(m * k);
         let w = t(rng.vec(n * k), &[n, k]);
-        let whole = matmul_t(&t(x.clone(), &[m, k]), &w).unwrap().to_vec();
-        let a = matmul_t(&t(x[..cut * k].to_vec(), &[cut, k]), &w).unwrap().to_vec();
-        let b = matmul_t(&t(x[cut * k..].to_vec(), &[m - cut, k]), &w).unwrap().to_vec();
+        let whole = matmul_t(&t(x.clone(), &[m, k]), &w).unwrap().to_vec().unwrap();
+        let a = matmul_t(&t(x[..cut * k].to_vec(), &[cut, k]), &w).unwrap().to_vec().unwrap();
+        let b = matmul_t(&t(x[cut * k..].to_vec(), &[m - cut, k]), &w).unwrap().to_vec().unwrap();
         prop_assert_eq!(bits(&whole), bits(&[a, b].concat()));
     }
 }

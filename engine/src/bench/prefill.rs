@@ -35,8 +35,15 @@ pub struct PrefillReport {
     pub tokens_per_s: f64,
     /// GFLOP/s of the dense layers inside the prefill.
     pub dense_gflops: f64,
-    /// The f32 GEMM rate of this machine, measured in the same run on a
-    /// large square product.
+    /// The device the prefill ran on, in words.
+    pub device: String,
+    /// Which GEMM `gemm_gflops` measures: our f32 kernel on the CPU,
+    /// cuBLAS bf16 × bf16 → f32 on a GPU (the product the dense layers use).
+    pub gemm_kind: String,
+    /// Side of the square product `gemm_gflops` was measured on.
+    pub gemm_size: usize,
+    /// The GEMM rate of this device, measured in the same run on a large
+    /// square product.
     pub gemm_gflops: f64,
     /// The GEMM rate at the model's own largest dense shape (chunk ×
     /// hidden → intermediate), also measured in this run.
@@ -117,15 +124,29 @@ pub fn run(
     let (a, b, r2) = linear_fit(&chunk_ms);
 
     let cfg = model.config();
-    let gemm_rate = cake_kernels::gemm_gflops(1024, 1024, 1024, 8);
-    let gemm_model_shape_gflops =
-        cake_kernels::gemm_gflops(c, cfg.hidden_size, cfg.intermediate_size, 16);
+    let dev = model.device();
+    let (gemm_kind, gemm_size, iters) = if dev.is_cpu() {
+        ("f32", 1024, 8)
+    } else {
+        ("bf16", 8192, 20)
+    };
+    let gemm_rate = cake_kernels::device_gemm_gflops(dev, gemm_size, gemm_size, gemm_size, iters)?;
+    let gemm_model_shape_gflops = cake_kernels::device_gemm_gflops(
+        dev,
+        c,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        2 * iters,
+    )?;
     Ok(PrefillReport {
         context: n_chunks * c,
         chunk_tokens: c,
         total_s,
         tokens_per_s: (n_chunks * c) as f64 / total_s,
         dense_gflops: profile.dense_flops / profile.dense_s.max(1e-12) / 1e9,
+        device: dev.describe(),
+        gemm_kind: gemm_kind.into(),
+        gemm_size,
         gemm_gflops: gemm_rate,
         gemm_model_shape_gflops,
         chunk_fit: ChunkFit {

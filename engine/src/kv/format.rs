@@ -276,6 +276,47 @@ impl EncodedChunk {
         Ok(())
     }
 
+    /// Checks the chunk against `ctx` and makes its KV ready on `device`.
+    /// On a GPU, bf16 and f16 payloads go up as they are (half the bytes
+    /// of f32) and are widened there; other codecs, and the CPU, decode on
+    /// the host first.
+    pub(crate) fn decode_to_device(
+        &self,
+        ctx: &ChunkContext,
+        index: u32,
+        device: cake_kernels::Device,
+    ) -> Result<crate::cache::DeviceChunk, crate::EngineError> {
+        self.check(ctx, index)
+            .map_err(|e| crate::EngineError::KvLayout(e.to_string()))?;
+        let h = &self.header;
+        let bf16 = match h.codec {
+            Codec::Bf16 => Some(true),
+            Codec::F16 => Some(false),
+            _ => None,
+        };
+        match bf16 {
+            Some(bf16) if !device.is_cpu() => {
+                let bits: Vec<u16> = self.bytes[HEADER_LEN..]
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                crate::cache::DeviceChunk::from_half_bits(
+                    h.layout,
+                    h.tokens as usize,
+                    &bits,
+                    bf16,
+                    device,
+                )
+            }
+            _ => {
+                let chunk = self
+                    .decode(ctx, index)
+                    .map_err(|e| crate::EngineError::KvLayout(e.to_string()))?;
+                crate::cache::DeviceChunk::from_host(&chunk, device)
+            }
+        }
+    }
+
     /// Checks the chunk against `ctx` and decodes it.
     pub fn decode(&self, ctx: &ChunkContext, index: u32) -> Result<KvChunk, FormatError> {
         self.check(ctx, index)?;

@@ -44,6 +44,7 @@ pub use key::{ChunkKey, KV_LAYOUT_VERSION, Namespace, chunk_keys};
 pub use local_redis::LocalRedis;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
+pub(crate) use store::load_chunk_to;
 pub use store::{KvStore, StoreError, StoreStats, Tier, load_chunk};
 pub use telemetry::describe_metrics;
 pub use throttle::{Link, ThrottledStore};

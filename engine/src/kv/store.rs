@@ -93,6 +93,35 @@ pub async fn load_chunk(
     }
 }
 
+/// Like [`load_chunk`], but the KV lands on `device` as the cache's
+/// tensors (on a GPU: uploaded on the copy stream, bf16/f16 widened
+/// there). A chunk failing the checks is deleted and counted as corrupt; a
+/// device failure is logged; both read as a miss.
+pub(crate) async fn load_chunk_to(
+    store: &dyn KvStore,
+    key: ChunkKey,
+    ctx: &ChunkContext,
+    index: u32,
+    device: cake_kernels::Device,
+) -> Option<crate::cache::DeviceChunk> {
+    let chunk = store.get(key).await?;
+    if let Err(e) = chunk.check(ctx, index) {
+        tracing::warn!(%key, index, error = %e, "stored KV chunk fails the reader's checks; deleting it");
+        telemetry::corrupt(store.name());
+        if let Err(e) = store.delete(key).await {
+            tracing::debug!(%key, error = %e, "could not delete a corrupt chunk");
+        }
+        return None;
+    }
+    match chunk.decode_to_device(ctx, index, device) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(%key, index, error = %e, "could not make a loaded chunk ready on the device");
+            None
+        }
+    }
+}
+
 /// Errors of writes and deletes (reads turn every failure into a miss).
 #[derive(Debug, Error)]
 pub enum StoreError {

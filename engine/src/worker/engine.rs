@@ -304,6 +304,7 @@ impl Engine {
                 planned_chunks: n_stored as u64,
                 wake: Arc::new(move || engine.send(Msg::Wake)),
                 primed: Vec::new(),
+                device: inner.model.device(),
             };
             job.prime();
             inner.runtime.spawn(run_io(job));

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::scheduler::Shared;
-use crate::KvChunk;
-use crate::kv::{ChunkContext, ChunkKey, KvStore, load_chunk};
+use crate::cache::DeviceChunk;
+use crate::kv::{ChunkContext, ChunkKey, KvStore, load_chunk_to};
 
 /// One chunk of the cached range.
 #[derive(Debug)]
@@ -25,8 +25,8 @@ pub(crate) enum Slot {
     /// it over (the load is then dropped) when it predicts computing the
     /// chunk is quicker than waiting.
     Loading(std::time::Instant),
-    /// Loaded, waiting for compute to reach it.
-    Loaded(KvChunk),
+    /// Loaded (on the model's device), waiting for compute to reach it.
+    Loaded(DeviceChunk),
     /// Taken into the request's KV cache.
     Used,
     /// The load failed (missing, corrupt, store down): compute takes it.
@@ -90,7 +90,7 @@ impl LoadPlan {
 
     /// Records a finished load, unless compute took the chunk over
     /// meanwhile (then the loaded data is dropped).
-    fn finish_load(&self, i: usize, chunk: Option<KvChunk>) {
+    fn finish_load(&self, i: usize, chunk: Option<DeviceChunk>) {
         let mut s = self.lock();
         if matches!(s[i], Slot::Loading(_)) {
             s[i] = match chunk {
@@ -117,6 +117,8 @@ pub(crate) struct IoJob {
     pub wake: Arc<dyn Fn() + Send + Sync>,
     /// Chunks already claimed by [`IoJob::prime`], loaded first.
     pub primed: Vec<usize>,
+    /// Where loaded chunks go (the model's device).
+    pub device: cake_kernels::Device,
 }
 
 impl IoJob {
@@ -193,10 +195,11 @@ pub(crate) async fn run_io(job: IoJob) {
             let (store, ctx, key) = (job.store.clone(), job.ctx, job.keys[i]);
             let meter = job.meter.clone();
             let bytes = job.chunk_bytes;
+            let device = job.device;
             issued += 1;
             meter.io.begin();
             inflight.push(async move {
-                let chunk = load_chunk(store.as_ref(), key, &ctx, i as u32).await;
+                let chunk = load_chunk_to(store.as_ref(), key, &ctx, i as u32, device).await;
                 meter.io.end(bytes, chunk.is_some());
                 (i, chunk)
             });

@@ -265,8 +265,13 @@ impl Scheduler {
             if c >= seq.keys.len() || seq.stored.get(c).copied().unwrap_or(false) {
                 continue;
             }
-            let Some(kv) = seq.cache.chunk(c) else {
-                continue;
+            let kv = match seq.cache.chunk(c) {
+                Ok(Some(kv)) => kv,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a chunk back for write-back");
+                    continue;
+                }
             };
             match EncodedChunk::encode(seq.keys[c], &ctx, c as u32, &kv) {
                 Ok(e) => chunks.push(e),

@@ -119,7 +119,7 @@ impl Seq {
             match std::mem::replace(&mut slots[i], Slot::Used) {
                 Slot::Loaded(chunk) => {
                     drop(slots);
-                    self.cache.push_chunk(chunk)?;
+                    self.cache.push_loaded(chunk)?;
                     self.loaded_tokens += c;
                     self.front += 1;
                 }
@@ -182,7 +182,7 @@ impl Seq {
         let tokens = &self.req.prompt[start..end];
         let last = end == self.prompt_len();
         if self.req.options.prompt_logprobs {
-            let logits = model.forward(&mut self.cache, tokens)?.into_vec();
+            let logits = model.forward(&mut self.cache, tokens)?.into_vec()?;
             let v = model.config().vocab_size;
             if start == 0 {
                 self.prompt_logprobs.push(None);

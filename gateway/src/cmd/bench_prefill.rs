@@ -5,16 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use cake_engine::bench::prefill::{self, PrefillBench};
 
-use super::model_dir::load_bench_model;
+use super::model_dir::{BenchModel, load_bench_model_on};
 
 #[derive(clap::Args)]
 pub struct PrefillArgs {
-    /// Synthetic model preset to create (once, under --data-dir) and run.
-    #[arg(long, default_value = "small")]
-    preset: String,
-    /// Run this checkpoint folder instead of a preset.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    m: BenchModel,
     /// Prompt tokens to prefill.
     #[arg(long, default_value_t = 8192)]
     context: usize,
@@ -33,19 +29,16 @@ pub struct PrefillArgs {
 }
 
 pub fn run(args: PrefillArgs) -> anyhow::Result<()> {
-    let (model, _) = load_bench_model(
-        args.model.as_deref(),
-        &args.preset,
-        args.seed,
-        &args.data_dir,
-    )?;
+    let (model, _) = load_bench_model_on(&args.m, args.seed, &args.data_dir)?;
     eprintln!(
-        "prefill of {} tokens in chunks of {} on {} ({} threads)",
+        "prefill of {} tokens in chunks of {} on {} ({}, {} CPU threads)",
         args.context,
         args.chunk,
-        args.model
+        args.m
+            .model
             .as_deref()
-            .map_or(args.preset.clone(), |d| d.display().to_string()),
+            .map_or(args.m.preset.clone(), |d| d.display().to_string()),
+        model.device().describe(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -82,10 +75,12 @@ pub fn run(args: PrefillArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "dense layers      {:.1} GFLOP/s = {:.0}% of the f32 GEMM rate ({:.1} GFLOP/s at 1024^3; {:.1} at the model's {}x{}x{})",
+        "dense layers      {:.1} GFLOP/s = {:.0}% of the {} GEMM rate ({:.1} GFLOP/s at {}^3; {:.1} at the model's {}x{}x{})",
         r.dense_gflops,
         100.0 * r.dense_gflops / r.gemm_gflops,
+        r.gemm_kind,
         r.gemm_gflops,
+        r.gemm_size,
         r.gemm_model_shape_gflops,
         r.chunk_tokens,
         model.config().hidden_size,

@@ -7,16 +7,12 @@ use cake_engine::bench::ttft::{self, Bandwidths, TtftBench, TtftReport};
 use cake_engine::kv::Codec;
 use cake_engine::worker::EngineConfig;
 
-use super::model_dir::load_bench_model;
+use super::model_dir::{BenchModel, load_bench_model_on};
 
 #[derive(clap::Args)]
 pub struct TtftArgs {
-    /// Synthetic model preset (created once under --data-dir).
-    #[arg(long, default_value = "small")]
-    preset: String,
-    /// Run this checkpoint folder instead of a preset.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    m: BenchModel,
     /// Prompt lengths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "2048,8192")]
     context: Vec<usize>,
@@ -65,8 +61,7 @@ fn parse_bytes(s: &str) -> anyhow::Result<f64> {
 }
 
 pub fn run(args: TtftArgs) -> anyhow::Result<()> {
-    let (model, tokenizer) =
-        load_bench_model(args.model.as_deref(), &args.preset, 0, &args.data_dir)?;
+    let (model, tokenizer) = load_bench_model_on(&args.m, 0, &args.data_dir)?;
     let bandwidths = if args.bandwidth == "auto" {
         Bandwidths::Auto(vec![0.1, 0.3, 0.6, 1.0, 1.6, 3.0, 10.0])
     } else {
