@@ -26,20 +26,7 @@ use cake_engine::{Device, Model, Rng, Tokenizer};
 const CHUNK: usize = 16;
 
 fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Cpu];
-    match Device::probe("cuda:0") {
-        Ok(d) => {
-            eprintln!("testing on {}", d.describe());
-            out.push(d);
-        }
-        Err(e) => {
-            if std::env::var("CAKE_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("CAKE_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            eprintln!("GPU tests skipped: {e}");
-        }
-    }
-    out
+    cake_kernels::test_devices()
 }
 
 fn checkpoint() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -31,6 +31,27 @@ pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};
 pub use tensor::{Device, Mark, Tensor};
 
+/// The devices a test should run its body on: the CPU, and `cuda:0` when
+/// this build has the `cuda` feature and a GPU answers (the reason it does
+/// not is printed). With `CAKE_REQUIRE_GPU=1` a missing GPU panics, so a
+/// GPU check cannot pass by skipping.
+pub fn test_devices() -> Vec<Device> {
+    let mut out = vec![Device::Cpu];
+    match Device::probe("cuda:0") {
+        Ok(d) => {
+            eprintln!("testing on {}", d.describe());
+            out.push(d);
+        }
+        Err(e) => {
+            if std::env::var("CAKE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("CAKE_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            eprintln!("GPU tests skipped: {e}");
+        }
+    }
+    out
+}
+
 /// Compiles the CUDA kernels' source with NVRTC for `arch` (e.g.
 /// `compute_90`) and returns the PTX. Needs NVRTC, not a GPU: lets a
 /// machine without one check that the kernels compile.

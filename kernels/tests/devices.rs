@@ -11,6 +11,7 @@
 //! - matmul with bf16 weights: against the CPU product of the same
 //!   bf16-rounded operands, within 1e-3 of Σ|x·w| (f32 accumulation in
 //!   another order); with f32 weights within 1e-5 of Σ|x·w|.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod common;
 
@@ -18,20 +19,7 @@ use cake_kernels::{Device, RopeTable, Tensor, ops};
 use common::Rng;
 
 fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Cpu];
-    match Device::probe("cuda:0") {
-        Ok(d) => {
-            eprintln!("testing on {}", d.describe());
-            out.push(d);
-        }
-        Err(e) => {
-            if std::env::var("CAKE_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("CAKE_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            eprintln!("GPU tests skipped: {e}");
-        }
-    }
-    out
+    cake_kernels::test_devices()
 }
 
 fn on(d: Device, t: &Tensor) -> Tensor {

@@ -360,9 +360,7 @@ impl Backend {
 
     // ---- ops ----
 
-    /// `x[m, k] · w[n, k]ᵀ`. bf16 weights: `x` is rounded to bf16 and
-    /// cuBLAS multiplies with f32 accumulation and f32 output; f32 weights
-    /// use a plain f32 GEMM.
+    /// `x[m, k] · w[n, k]ᵀ` (see [`Backend::matmul_t_many`]).
     pub(crate) fn matmul_t(
         &self,
         x: &CudaSlice<f32>,
@@ -371,45 +369,28 @@ impl Backend {
         k: usize,
         n: usize,
     ) -> Result<CudaSlice<f32>> {
-        let mut out = self.alloc_f32(m * n)?;
-        if m == 0 || n == 0 {
-            return Ok(out);
-        }
-        if k == 0 {
-            return self.zeros(m * n);
-        }
-        match w {
-            Buf::Bf16(wb) => {
-                let mut xb = unsafe { self.compute.alloc::<u16>(m * k) }
-                    .map_err(|e| err("allocating GPU memory", e))?;
-                let mk = (m * k) as u64;
-                let mut b = self.compute.launch_builder(&self.f.cast_f32_bf16);
-                b.arg(x).arg(&mut xb).arg(&mk);
-                // SAFETY: sizes match the allocations.
-                unsafe { b.launch(elementwise(m * k)) }.map_err(|e| err("cast to bf16", e))?;
-                self.gemm_ex(
-                    &xb,
-                    wb,
-                    &mut out,
-                    (m, k, n),
-                    blas_sys::cudaDataType::CUDA_R_16BF,
-                )?;
-            }
-            Buf::F32(wf) => {
-                self.gemm_ex(
-                    x,
-                    wf,
-                    &mut out,
-                    (m, k, n),
-                    blas_sys::cudaDataType::CUDA_R_32F,
-                )?;
-            }
-        }
-        Ok(out)
+        self.matmul_t_many(x, &[(w, n)], m, k)?
+            .pop()
+            .ok_or_else(|| KernelError::Cuda("matmul returned nothing".into()))
     }
 
-    /// `x · wᵢᵀ` for several weights sharing the input: `x` is rounded to
-    /// bf16 once for all of them.
+    /// `x` rounded to bf16 (`n` values).
+    fn cast_bf16(&self, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<u16>> {
+        // SAFETY: the cast writes all n values.
+        let mut xb =
+            unsafe { self.compute.alloc::<u16>(n) }.map_err(|e| err("allocating GPU memory", e))?;
+        let n64 = n as u64;
+        let mut b = self.compute.launch_builder(&self.f.cast_f32_bf16);
+        b.arg(x).arg(&mut xb).arg(&n64);
+        // SAFETY: x and xb hold n values.
+        unsafe { b.launch(elementwise(n)) }.map_err(|e| err("cast to bf16", e))?;
+        Ok(xb)
+    }
+
+    /// `x[m, k] · wᵢ[nᵢ, k]ᵀ` for weights sharing the input (Q, K, V; gate,
+    /// up). bf16 weights: `x` is rounded to bf16 once for all of them and
+    /// cuBLAS multiplies with f32 accumulation and f32 output; f32 weights
+    /// use a plain f32 GEMM.
     pub(crate) fn matmul_t_many(
         &self,
         x: &CudaSlice<f32>,
@@ -417,32 +398,28 @@ impl Backend {
         m: usize,
         k: usize,
     ) -> Result<Vec<CudaSlice<f32>>> {
-        let all_bf16 = ws.iter().all(|(w, _)| matches!(w, Buf::Bf16(_)));
-        if !all_bf16 || m == 0 || k == 0 {
-            return ws
-                .iter()
-                .map(|(w, n)| self.matmul_t(x, w, m, k, *n))
-                .collect();
-        }
-        // SAFETY: the cast below writes all m·k values.
-        let mut xb = unsafe { self.compute.alloc::<u16>(m * k) }
-            .map_err(|e| err("allocating GPU memory", e))?;
-        let mk = (m * k) as u64;
-        let mut b = self.compute.launch_builder(&self.f.cast_f32_bf16);
-        b.arg(x).arg(&mut xb).arg(&mk);
-        // SAFETY: sizes match the allocations.
-        unsafe { b.launch(elementwise(m * k)) }.map_err(|e| err("cast to bf16", e))?;
+        let mut xb: Option<CudaSlice<u16>> = None;
         let mut outs = Vec::with_capacity(ws.len());
-        for (w, n) in ws {
+        for &(w, n) in ws {
+            if m == 0 || n == 0 || k == 0 {
+                outs.push(self.zeros(m * n)?);
+                continue;
+            }
             let mut out = self.alloc_f32(m * n)?;
-            if let Buf::Bf16(wb) = w {
-                self.gemm_ex(
-                    &xb,
-                    wb,
-                    &mut out,
-                    (m, k, *n),
-                    blas_sys::cudaDataType::CUDA_R_16BF,
-                )?;
+            match w {
+                Buf::Bf16(wb) => {
+                    if xb.is_none() {
+                        xb = Some(self.cast_bf16(x, m * k)?);
+                    }
+                    if let Some(xb) = &xb {
+                        let ty = blas_sys::cudaDataType::CUDA_R_16BF;
+                        self.gemm_ex(xb, wb, &mut out, (m, k, n), ty)?;
+                    }
+                }
+                Buf::F32(wf) => {
+                    let ty = blas_sys::cudaDataType::CUDA_R_32F;
+                    self.gemm_ex(x, wf, &mut out, (m, k, n), ty)?;
+                }
             }
             outs.push(out);
         }
