@@ -96,7 +96,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(o) => {
-            let rows = if d == 0 { 0 } else { x.len() / d };
+            let rows = x.len().checked_div(d).unwrap_or(0);
             let out = cuda::backend(o)?.rms_norm(
                 x.cuda_buf()?.f32("rms_norm")?,
                 w.cuda_buf()?.f32("rms_norm")?,
