@@ -10,7 +10,8 @@ use cake_engine::worker::{Engine, EngineConfig};
 use cake_engine::{Device, Model, Tokenizer};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, PolicyConfig, ServerConfig, WorkerKind};
+use crate::admission::Admission;
+use crate::config::{Config, PolicyConfig, ServerConfig, TenantConfig, WorkerKind};
 use crate::http::{ServerHandle, serve};
 use crate::stack::{AppState, ModelInfo, build};
 use crate::worker::{CakeWorker, EmbeddedWorker, OpenAiWorker, Worker, WorkerPool, WorkerSlot};
@@ -157,14 +158,32 @@ pub fn build_workers(cfg: &Config, dir: &Path) -> Result<Vec<WorkerSlot>, StartE
 pub struct Gateway {
     handle: ServerHandle,
     pool: Arc<WorkerPool>,
-    health: tokio::task::JoinHandle<()>,
+    admission: Arc<Admission>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How often the admission queue is served even when nothing finishes
+/// (deadlines, workers coming back).
+const PUMP_EVERY: Duration = Duration::from_millis(50);
+
 impl Gateway {
-    /// Serves on `listener` with these workers. Call inside a runtime.
+    /// Serves on `listener` with these workers, everyone the `default`
+    /// tenant. Call inside a runtime.
     pub fn start(
         server: &ServerConfig,
         policy: &PolicyConfig,
+        model: ModelInfo,
+        slots: Vec<WorkerSlot>,
+        listener: TcpListener,
+    ) -> Result<Gateway, StartError> {
+        Gateway::start_with_tenants(server, policy, &[], model, slots, listener)
+    }
+
+    /// Serves on `listener` with these workers and tenants (validated).
+    pub fn start_with_tenants(
+        server: &ServerConfig,
+        policy: &PolicyConfig,
+        tenants: &[TenantConfig],
         model: ModelInfo,
         slots: Vec<WorkerSlot>,
         listener: TcpListener,
@@ -175,11 +194,13 @@ impl Gateway {
             crate::telemetry::worker_up(s.name(), true);
         }
         let health = pool.spawn_health_checks(Duration::from_millis(server.health_interval_ms));
+        let admission = Arc::new(Admission::new(policy, tenants, pool.clone()));
+        let pump = admission.spawn_pump(PUMP_EVERY);
         let state = Arc::new(AppState {
             server: server.clone(),
-            policy: policy.clone(),
             model: Arc::new(model),
             pool: pool.clone(),
+            admission: admission.clone(),
         });
         let addr = listener
             .local_addr()
@@ -194,8 +215,22 @@ impl Gateway {
         Ok(Gateway {
             handle,
             pool,
-            health,
+            admission,
+            tasks: vec![health, pump],
         })
+    }
+
+    /// Reloads `[[tenants]]` and `[policy]` from `path` when it changes
+    /// (checked every `every`) and on SIGHUP; a file that does not parse
+    /// or validate keeps the config in force, with a warning.
+    pub fn watch_config(&mut self, path: std::path::PathBuf, every: Duration) {
+        let t = crate::admission::watch(&self.admission, path, every);
+        self.tasks.push(t);
+    }
+
+    /// Puts a validated config's tenants and policy in force now.
+    pub fn apply_config(&self, cfg: &Config) {
+        self.admission.apply(cfg);
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -208,7 +243,9 @@ impl Gateway {
 
     /// Stops accepting; requests in flight finish.
     pub async fn shutdown(self) {
-        self.health.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         self.handle.shutdown().await;
     }
 

@@ -37,8 +37,11 @@ pub enum GatewayError {
     BodyRead(String),
     #[error("invalid API key")]
     Unauthorized,
-    #[error("rate limited: {reason}")]
+    /// A tenant limit, the queue or the TTFT objective refused the
+    /// request; `limit` names which (the API error's `code`).
+    #[error("rate limited ({limit}): {reason}")]
     RateLimited {
+        limit: &'static str,
         reason: String,
         retry_after: Duration,
     },
@@ -113,7 +116,7 @@ impl GatewayError {
             BodyTooLarge { .. } => "body_too_large",
             PromptTooLong { .. } => "prompt_too_long",
             Unauthorized => "invalid_api_key",
-            RateLimited { .. } => "rate_limited",
+            RateLimited { limit, .. } => limit,
             NoHealthyWorker(_) => "no_healthy_worker",
             WorkerFailed { .. } => "worker_failed",
             WorkerTimeout { .. } => "worker_timeout",

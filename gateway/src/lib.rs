@@ -7,6 +7,7 @@
 //! config) and `cake-policy`. Errors become HTTP responses only in
 //! `http::error`.
 
+mod admission;
 mod api;
 mod app;
 pub mod bench;

@@ -122,6 +122,44 @@ fn describe() {
         "cake_worker_running_requests",
         "Requests a worker reports running."
     );
+    describe_counter!(
+        "cake_gateway_refused_total",
+        "Requests refused by admission, by tenant and limit (requests_per_second, prompt_tokens_per_minute, max_concurrent, max_prompt_tokens, ttft_slo, queue_full, queue_timeout)."
+    );
+    describe_gauge!(
+        "cake_gateway_queue_waiting_requests",
+        "Requests waiting in the tenants' queues."
+    );
+    describe_gauge!(
+        "cake_gateway_dispatched_requests",
+        "Requests holding a dispatch slot."
+    );
+    describe_counter!(
+        "cake_config_reloads_total",
+        "Config reloads that put a new config in force."
+    );
+    describe_counter!(
+        "cake_config_reload_errors_total",
+        "Config reloads refused (the file did not parse or validate); the old config stays."
+    );
+}
+
+pub fn refused(tenant: &str, limit: &'static str) {
+    counter!("cake_gateway_refused_total", "tenant" => tenant.to_string(), "limit" => limit)
+        .increment(1);
+}
+
+pub fn queue_waiting(waiting: usize, dispatched: usize) {
+    gauge!("cake_gateway_queue_waiting_requests").set(waiting as f64);
+    gauge!("cake_gateway_dispatched_requests").set(dispatched as f64);
+}
+
+pub fn config_reloaded(ok: bool) {
+    if ok {
+        counter!("cake_config_reloads_total").increment(1);
+    } else {
+        counter!("cake_config_reload_errors_total").increment(1);
+    }
 }
 
 pub fn request_done(tenant: &str, class: &str, status: u16) {

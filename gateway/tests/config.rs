@@ -35,6 +35,9 @@ fn every_example_loads() {
     assert!(two.workers.iter().all(|w| w.kind == WorkerKind::Cake));
     let redis = Config::load(&config_dir().join("examples/shared-redis.toml")).unwrap();
     assert!(redis.kv.redis.enabled);
+    let t = Config::load(&config_dir().join("examples/tenants.toml")).unwrap();
+    assert_eq!(t.tenants.len(), 2);
+    assert_eq!(t.tenants[0].policy().cache_group, "team-a");
     let one = Config::load(&config_dir().join("examples/one-machine.toml")).unwrap();
     assert!(
         one.effective_workers()
@@ -59,6 +62,11 @@ fn bad_values_name_the_field() {
             "[[tenants]]\nname = \"t\"\napi_key_sha256 = [\"abc\"]\n",
             "tenants[0].api_key_sha256[0]",
         ),
+        (
+            "[[tenants]]\nname = \"t\"\nweight = 0\n",
+            "tenants[0].weight",
+        ),
+        ("[policy]\nqueue_total = 0\n", "policy.queue_total"),
         (
             "[engine]\nchunk_tokens = 64\ntoken_budget = 512\n",
             "engine.chunk_tokens",

@@ -101,6 +101,7 @@ async fn retries_on_another_worker_and_marks_the_dead_one_down() {
     let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
     let policy = PolicyConfig {
         placement: cake_gateway::config::PlacementPolicy::RoundRobin,
+        ..PolicyConfig::default()
     };
     let gw = cake_gateway::Gateway::start(&cfg, &policy, model(), slots, l).unwrap();
     for _ in 0..4 {

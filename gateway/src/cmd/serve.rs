@@ -101,6 +101,7 @@ async fn until_ctrl_c() {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = load(args.config.as_deref())?;
+    let config_path = args.config.clone();
     if let Some(l) = args.listen {
         cfg.server.listen = l;
     }
@@ -110,7 +111,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let info = cake_gateway::model_info(&cfg, &dir)?;
         let slots = cake_gateway::build_workers(&cfg, &dir)?;
         let listener = cake_gateway::listen(&cfg.server.listen).await?;
-        let gw = cake_gateway::Gateway::start(&cfg.server, &cfg.policy, info, slots, listener)?;
+        let mut gw = cake_gateway::Gateway::start_with_tenants(
+            &cfg.server,
+            &cfg.policy,
+            &cfg.tenants,
+            info,
+            slots,
+            listener,
+        )?;
+        if let Some(path) = config_path {
+            // Tenants and policy follow the file (and SIGHUP).
+            gw.watch_config(path, Duration::from_secs(1));
+        }
         tracing::info!(
             listen = %gw.local_addr(),
             model = %cfg.model.served_name(),

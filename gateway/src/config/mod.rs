@@ -33,9 +33,9 @@ pub struct Config {
     pub kv: KvConfig,
     /// `[[workers]]`: where requests go. Empty: one embedded worker.
     pub workers: Vec<WorkerConfig>,
-    /// `[[tenants]]`: who may call (issue 6; parsed and validated now).
+    /// `[[tenants]]`: who may call; none: everyone is `default`.
     pub tenants: Vec<TenantConfig>,
-    /// `[policy]`: placement (and, later, admission).
+    /// `[policy]`: placement and admission.
     pub policy: PolicyConfig,
 }
 
@@ -149,8 +149,18 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             t.validate(i)?;
+            for (k, h) in t.api_key_sha256.iter().enumerate() {
+                if !keys.insert(h.to_ascii_lowercase()) {
+                    return Err(invalid(
+                        format!("tenants[{i}].api_key_sha256[{k}]"),
+                        format!("{h:?}"),
+                        "another tenant (or this one) already has this key",
+                    ));
+                }
+            }
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(
                     format!("tenants[{i}].name"),

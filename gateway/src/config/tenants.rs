@@ -1,8 +1,13 @@
-//! `[[tenants]]` and `[policy]`. Tenants and admission arrive with issue 6:
-//! the shapes are parsed and checked now so config files can carry them,
-//! but every request is served as the `default` tenant until then.
+//! `[[tenants]]` and `[policy]`: who may call, with what share, limits and
+//! TTFT objective, and how the gateway admits and places requests. The
+//! decisions themselves are `cake_policy`'s; this file only parses and
+//! checks, and turns a tenant into a [`cake_policy::TenantPolicy`].
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use cake_policy::PlacementPolicy;
 
 use super::{ConfigError, invalid};
 
@@ -10,19 +15,26 @@ use super::{ConfigError, invalid};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantConfig {
-    /// Name in metrics and logs (unique).
+    /// Name in metrics and logs (unique): 1 to 64 letters, digits, `-`,
+    /// `_` or `.`.
     pub name: String,
-    /// SHA-256 (hex) of each API key of this tenant; keys are never stored.
+    /// SHA-256 (hex) of each API key of this tenant; keys are never stored
+    /// (`printf %s KEY | sha256sum`).
     pub api_key_sha256: Vec<String>,
-    /// Share of the workers under contention, relative to other tenants.
-    pub weight: f64,
-    /// Higher is served first.
-    pub priority: i32,
+    /// Share of the workers under contention, relative to other tenants of
+    /// the same priority (at least 1).
+    pub weight: u32,
+    /// Higher is served first (0 to 255).
+    pub priority: u8,
     /// Tenants in one group share cached prefixes; empty: the tenant's own
     /// name (a shared cache leaks, through timing, what others sent).
     pub cache_group: String,
-    /// Time-to-first-token objective in milliseconds (0: none).
+    /// Time-to-first-token objective in milliseconds; a request predicted
+    /// to miss it is refused at once (429). 0: none.
     pub ttft_slo_ms: u64,
+    /// Longest a request may wait in the gateway's queue, in milliseconds;
+    /// 0: `policy.queue_deadline_ms`.
+    pub queue_deadline_ms: u64,
     /// `[tenants.limits]`.
     pub limits: TenantLimits,
 }
@@ -32,10 +44,11 @@ impl Default for TenantConfig {
         TenantConfig {
             name: String::new(),
             api_key_sha256: Vec::new(),
-            weight: 1.0,
+            weight: 1,
             priority: 0,
             cache_group: String::new(),
             ttft_slo_ms: 0,
+            queue_deadline_ms: 0,
             limits: TenantLimits::default(),
         }
     }
@@ -45,30 +58,47 @@ impl Default for TenantConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantLimits {
+    /// Requests admitted per second (fractions allowed).
     pub requests_per_s: f64,
+    /// Prompt tokens admitted per minute.
     pub prompt_tokens_per_min: u64,
+    /// Requests at once, queued or running (a slot is held until the
+    /// response's last byte, an error or the client leaving).
     pub max_concurrent: u32,
-    pub max_prompt_tokens: usize,
+    /// Prompt tokens in one request (longer: 413).
+    pub max_prompt_tokens: u64,
+}
+
+fn some_if<T: PartialEq + Default>(v: T) -> Option<T> {
+    (v != T::default()).then_some(v)
 }
 
 impl TenantConfig {
+    /// The tenant's policy, as `cake_policy` decides with it.
+    pub fn policy(&self) -> cake_policy::TenantPolicy {
+        let l = &self.limits;
+        cake_policy::TenantPolicy {
+            name: self.name.clone(),
+            weight: self.weight,
+            priority: self.priority,
+            limits: cake_policy::TenantLimits {
+                requests_per_s: (l.requests_per_s > 0.0).then_some(l.requests_per_s),
+                prompt_tokens_per_min: some_if(l.prompt_tokens_per_min),
+                max_concurrent: some_if(l.max_concurrent),
+                max_prompt_tokens: some_if(l.max_prompt_tokens),
+            },
+            ttft_slo: some_if(self.ttft_slo_ms).map(Duration::from_millis),
+            queue_deadline: some_if(self.queue_deadline_ms).map(Duration::from_millis),
+            cache_group: if self.cache_group.is_empty() {
+                self.name.clone()
+            } else {
+                self.cache_group.clone()
+            },
+        }
+    }
+
     pub fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let field = |f: &str| format!("tenants[{i}].{f}");
-        if self.name.is_empty() {
-            return Err(invalid(field("name"), "\"\"", "must not be empty"));
-        }
-        if !(self.weight > 0.0 && self.weight.is_finite()) {
-            return Err(invalid(field("weight"), self.weight, "must be above 0"));
-        }
-        for (k, h) in self.api_key_sha256.iter().enumerate() {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(
-                    field(&format!("api_key_sha256[{k}]")),
-                    format!("{h:?}"),
-                    "must be 64 hex digits (the SHA-256 of the key)",
-                ));
-            }
-        }
         if !(self.limits.requests_per_s >= 0.0 && self.limits.requests_per_s.is_finite()) {
             return Err(invalid(
                 field("limits.requests_per_s"),
@@ -76,41 +106,79 @@ impl TenantConfig {
                 "must be 0 (none) or above",
             ));
         }
+        self.policy()
+            .validate()
+            .map_err(|e| invalid(field(e.field), e.value, e.reason))?;
+        for (k, h) in self.api_key_sha256.iter().enumerate() {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    field(&format!("api_key_sha256[{k}]")),
+                    format!("{h:?}"),
+                    "must be 64 hex digits (the SHA-256 of the key: printf %s KEY | sha256sum)",
+                ));
+            }
+        }
         Ok(())
     }
 }
 
-/// Which worker gets a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PlacementPolicy {
-    /// Each healthy worker in turn.
-    RoundRobin,
-    /// The healthy worker with the fewest prompt tokens in flight (the
-    /// gateway's own ledger), then the shortest reported compute backlog.
-    #[default]
-    LeastLoaded,
+/// `[policy]`: placement and admission. Reloaded with the tenants, except
+/// the queue sizes and the quantum (read at start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `adaptive` (lowest predicted TTFT under the Cake cost model),
+    /// `round-robin`, `least-loaded` or `cache-affinity`.
+    pub placement: PlacementPolicy,
+    /// Requests the gateway dispatches at once, all workers together;
+    /// more wait in the tenants' queues. 0: no gateway-wide cap.
+    pub max_concurrent: u32,
+    /// Requests dispatched to one worker at once; when every healthy worker
+    /// is at it, requests wait in the tenants' queues. 0: no cap.
+    pub max_in_flight_per_worker: u32,
+    /// Requests one tenant may have waiting (more: 429 `queue_full`).
+    pub queue_per_tenant: usize,
+    /// Requests all tenants may have waiting (more: 429 `queue_full`).
+    pub queue_total: usize,
+    /// Longest a request waits in the queue, in milliseconds, unless its
+    /// tenant says otherwise (past it: 429 `queue_timeout`).
+    pub queue_deadline_ms: u64,
+    /// Prompt tokens a weight-1 tenant is served per turn of the fair
+    /// queue (deficit round robin); about one typical prompt.
+    pub fair_quantum_tokens: u64,
 }
 
-impl PlacementPolicy {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PlacementPolicy::RoundRobin => "round-robin",
-            PlacementPolicy::LeastLoaded => "least-loaded",
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            placement: PlacementPolicy::Adaptive,
+            max_concurrent: 0,
+            max_in_flight_per_worker: 32,
+            queue_per_tenant: 256,
+            queue_total: 1024,
+            queue_deadline_ms: 30_000,
+            fair_quantum_tokens: 256,
         }
     }
 }
 
-/// `[policy]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// `round-robin` or `least-loaded`.
-    pub placement: PlacementPolicy,
-}
-
 impl PolicyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (f, v) in [
+            ("policy.queue_per_tenant", self.queue_per_tenant as u64),
+            ("policy.queue_total", self.queue_total as u64),
+            ("policy.queue_deadline_ms", self.queue_deadline_ms),
+            ("policy.fair_quantum_tokens", self.fair_quantum_tokens),
+        ] {
+            if v == 0 {
+                return Err(invalid(f, v, "must be at least 1"));
+            }
+        }
         Ok(())
+    }
+
+    /// The default queue deadline.
+    pub fn queue_deadline(&self) -> Duration {
+        Duration::from_millis(self.queue_deadline_ms)
     }
 }

@@ -38,7 +38,7 @@ pub fn error_body(e: &GatewayError) -> serde_json::Value {
 pub fn error_response(e: &GatewayError) -> Response<Body> {
     let mut r = json_response(status(e), &error_body(e));
     if let GatewayError::RateLimited { retry_after, .. } = e {
-        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let secs = cake_policy::retry_after_secs(*retry_after);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             r.headers_mut().insert(http::header::RETRY_AFTER, v);
         }

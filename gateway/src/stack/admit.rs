@@ -1,39 +1,170 @@
-//! Admission: tenant quotas, weighted fair queues, priorities and SLO
-//! shedding arrive with issue 6. This layer holds their place in the
-//! stack and passes every request through; its permits will be taken in
-//! `poll_ready`.
+//! Admission, in order: the tenant's limits (prompt length: 413; request
+//! rate, prompt-token rate, concurrency: 429), then SLO shedding (a request
+//! predicted to miss its tenant's TTFT objective is refused at once, 429),
+//! then a dispatch slot: at once when one is free and no one waits,
+//! otherwise in the tenants' fair queue (full: 429; past the deadline:
+//! 429). Every refusal carries `Retry-After`. The decisions are
+//! `cake_policy`'s ([`cake_policy::TenantLimiter`], [`cake_policy::decide`],
+//! [`cake_policy::FairQueue`]).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use cake_policy::{Decision, Refusal, ShedInput, TenantPolicy, decide, queue_wait};
 use tower::{Layer, Service};
 
-use super::ctx::GenCtx;
+use super::ctx::{AppState, BoxFut, GenCtx};
+use crate::admission::PlaceRequest;
+use crate::error::GatewayError;
+use crate::telemetry as tm;
 
-#[derive(Clone, Default)]
-pub struct AdmitLayer;
+#[derive(Clone)]
+pub struct AdmitLayer {
+    state: Arc<AppState>,
+}
+
+impl AdmitLayer {
+    pub fn new(state: Arc<AppState>) -> AdmitLayer {
+        AdmitLayer { state }
+    }
+}
 
 impl<S> Layer<S> for AdmitLayer {
     type Service = Admit<S>;
     fn layer(&self, inner: S) -> Admit<S> {
-        Admit { inner }
+        Admit {
+            inner,
+            state: self.state.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Admit<S> {
     inner: S,
+    state: Arc<AppState>,
 }
 
-impl<S: Service<GenCtx>> Service<GenCtx> for Admit<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+fn limited(
+    tenant: &str,
+    limit: &'static str,
+    reason: String,
+    retry_after: Duration,
+) -> GatewayError {
+    tm::refused(tenant, limit);
+    GatewayError::RateLimited {
+        limit,
+        reason,
+        retry_after,
+    }
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+async fn admit(state: &AppState, ctx: &mut GenCtx) -> Result<(), GatewayError> {
+    let adm = &state.admission;
+    let live = adm.live();
+    let name = ctx.tenant.name.clone();
+    let default_policy;
+    let policy: &TenantPolicy = match &ctx.tenant.entry {
+        Some(e) => &e.policy,
+        None => {
+            default_policy = TenantPolicy::new("default");
+            &default_policy
+        }
+    };
+    let cost = ctx.prompt.len() as u64;
+    let now = Instant::now();
+    if let Some(e) = &ctx.tenant.entry {
+        match e.admit(now, cost) {
+            Ok(p) => ctx.held.permit = Some(p),
+            Err(Refusal::PromptTooLong { max, got }) => {
+                tm::refused(&name, "max_prompt_tokens");
+                return Err(GatewayError::PromptTooLong {
+                    tokens: got as usize,
+                    limit: max as usize,
+                });
+            }
+            Err(Refusal::Limited(l)) => {
+                return Err(limited(
+                    &name,
+                    l.limit.as_str(),
+                    l.to_string(),
+                    l.retry_after,
+                ));
+            }
+        }
+    }
+    if state.pool.healthy() == 0 {
+        return Err(GatewayError::NoHealthyWorker(String::new()));
+    }
+    let deadline = policy
+        .queue_deadline
+        .unwrap_or_else(|| live.policy.queue_deadline());
+    let share = policy.share();
+    if let Some(slo) = policy.ttft_slo {
+        let req = PlaceRequest {
+            prompt: &ctx.prompt,
+            cached_tokens: ctx.cached_tokens,
+            cache_group: &ctx.tenant.cache_group,
+        };
+        if let Some((p, rate)) = adm.estimate(&req) {
+            let input = ShedInput {
+                predicted_ttft: p.ttft,
+                idle_ttft: p.idle_ttft,
+                queue_wait: queue_wait(adm.work_ahead(&name, share, cost), rate),
+                slo: Some(slo),
+                queue_deadline: Some(deadline),
+            };
+            if let Decision::Shed { retry_after } = decide(&input) {
+                let expected = input.queue_wait + input.predicted_ttft;
+                return Err(limited(
+                    &name,
+                    "ttft_slo",
+                    format!(
+                        "predicted time to first token {expected:?} misses the objective of {slo:?}"
+                    ),
+                    retry_after,
+                ));
+            }
+        }
+    }
+    let rx = adm
+        .enqueue(&name, share, cost, now + deadline)
+        .map_err(|e| limited(&name, "queue_full", e.to_string(), Duration::from_secs(1)))?;
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(slot)) => {
+            ctx.held.slot = Some(slot);
+            Ok(())
+        }
+        _ => Err(limited(
+            &name,
+            "queue_timeout",
+            format!("no worker free within the queue deadline of {deadline:?}"),
+            Duration::from_secs(1),
+        )),
+    }
+}
+
+impl<S> Service<GenCtx> for Admit<S>
+where
+    S: Service<GenCtx, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = BoxFut<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, ctx: GenCtx) -> S::Future {
-        self.inner.call(ctx)
+    fn call(&mut self, mut ctx: GenCtx) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            admit(&state, &mut ctx).await?;
+            inner.call(ctx).await
+        })
     }
 }

@@ -9,8 +9,9 @@ use std::time::Instant;
 use cake_engine::Tokenizer;
 use cake_engine::worker::RequestClass;
 
+use crate::admission::{Admission, Reservation, SlotGuard, TenantEntry, TenantPermit};
 use crate::api::{ChatTemplate, GenParams};
-use crate::config::{PolicyConfig, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::worker::{WorkerPool, WorkerSlot};
 
@@ -55,16 +56,40 @@ impl ModelInfo {
 /// Everything the layers share.
 pub struct AppState {
     pub server: ServerConfig,
-    pub policy: PolicyConfig,
     pub model: Arc<ModelInfo>,
     pub pool: Arc<WorkerPool>,
+    pub admission: Arc<Admission>,
 }
 
-/// Who is calling (issue 6 fills this from API keys).
+/// Who is calling: from the API key, or `default` when no tenants are
+/// configured.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub name: String,
     pub cache_group: String,
+    /// The configured tenant; `None` for `default`.
+    pub(crate) entry: Option<Arc<TenantEntry>>,
+}
+
+impl Tenant {
+    /// Everyone, when no tenants are configured.
+    pub fn default_tenant() -> Tenant {
+        Tenant {
+            name: "default".into(),
+            cache_group: "default".into(),
+            entry: None,
+        }
+    }
+}
+
+/// What an admitted request holds until its response ends (the last
+/// byte, an error, or the client leaving): fields drop in order, so the
+/// worker's slot is free before the next waiter is served.
+#[derive(Default)]
+pub struct Held {
+    pub reservation: Option<Reservation>,
+    pub slot: Option<SlotGuard>,
+    pub permit: Option<TenantPermit>,
 }
 
 /// What the top of the stack learns from the layers below, for its span,
@@ -114,4 +139,6 @@ pub struct GenCtx {
     pub cached_tokens: usize,
     /// Set by `place`: healthy workers in the order to try them.
     pub candidates: Vec<Arc<WorkerSlot>>,
+    /// Set by `admit` and `place`; dropped with the request.
+    pub held: Held,
 }

@@ -7,8 +7,8 @@
 //!  ▶ parse + validate (body limit, fields, model)
 //!  ▶ tokenize (chat template, prompt limits)
 //!  ▶ classify (one presence lookup: cached or fresh)
-//!  ▶ admit (issue 6: quotas, fair queues, shedding; passes through now)
-//!  ▶ place (which workers, in which order)
+//!  ▶ admit (tenant limits, SLO shedding, a dispatch slot or the fair queue)
+//!  ▶ place (`cake_policy::Placer`: the chosen worker first, then the rest)
 //!  ▶ dispatch (submit, retry before the first byte, respond or stream)
 //! ```
 //!
@@ -47,12 +47,12 @@ pub fn build(state: Arc<AppState>) -> GatewayService {
         .layer(parse::ParseLayer::new(state.clone()))
         .layer(tokenize::TokenizeLayer::new(state.clone()))
         .layer(classify::ClassifyLayer::new(state.clone()))
-        .layer(admit::AdmitLayer)
+        .layer(admit::AdmitLayer::new(state.clone()))
         .layer(place::PlaceLayer::new(state.clone()))
         .service(dispatch::Dispatch::new(state.clone()));
     let svc = ServiceBuilder::new()
         .layer(trace::TraceLayer)
-        .layer(auth::AuthLayer)
+        .layer(auth::AuthLayer::new(state.admission.clone()))
         .service(route::Router::new(generate, state));
     BoxCloneSyncService::new(svc)
 }

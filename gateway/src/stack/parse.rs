@@ -110,10 +110,11 @@ where
                     received: std::time::Instant::now(),
                     meta: Arc::new(RequestMeta::default()),
                 });
-            let tenant = parts.extensions.get::<Tenant>().cloned().unwrap_or(Tenant {
-                name: "default".into(),
-                cache_group: "default".into(),
-            });
+            let tenant = parts
+                .extensions
+                .get::<Tenant>()
+                .cloned()
+                .unwrap_or_else(Tenant::default_tenant);
             let ctx = GenCtx {
                 rid,
                 tenant,
@@ -123,6 +124,7 @@ where
                 class: RequestClass::Fresh,
                 cached_tokens: 0,
                 candidates: Vec::new(),
+                held: Default::default(),
             };
             inner.call(ctx).await
         })

@@ -1,6 +1,7 @@
-//! Placement: which workers to try, in order (`policy.placement`). No
-//! healthy worker is 503. The cost-model placement of DESIGN.md section 5
-//! replaces the order here without touching the layers around it.
+//! Placement: the worker chosen by `policy.placement`
+//! ([`cake_policy::Placer`], fed with each worker's last load report plus
+//! the in-flight ledger, and the classify step's cached tokens) first, then
+//! the other healthy workers for retries. No healthy worker is 503.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,6 +9,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use super::ctx::{AppState, GenCtx};
+use crate::admission::PlaceRequest;
 use crate::error::GatewayError;
 
 #[derive(Clone)]
@@ -52,12 +54,18 @@ where
     }
 
     fn call(&mut self, mut ctx: GenCtx) -> Self::Future {
-        ctx.candidates = self.state.pool.candidates(self.state.policy.placement);
-        if ctx.candidates.is_empty() {
+        let req = PlaceRequest {
+            prompt: &ctx.prompt,
+            cached_tokens: ctx.cached_tokens,
+            cache_group: &ctx.tenant.cache_group,
+        };
+        let Some((order, reservation, _)) = self.state.admission.place(&req) else {
             return Box::pin(futures::future::ready(Err(GatewayError::NoHealthyWorker(
                 String::new(),
             ))));
-        }
+        };
+        ctx.candidates = order;
+        ctx.held.reservation = Some(reservation);
         Box::pin(self.inner.call(ctx))
     }
 }

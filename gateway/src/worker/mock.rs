@@ -61,10 +61,15 @@ struct Inner {
     /// that kept every chunk it computed would have them.
     stored: DashSet<u64>,
     last: std::sync::Mutex<Option<WorkRequest>>,
+    /// A load report to answer with instead of the real one.
+    fake_load: std::sync::Mutex<Option<LoadReport>>,
 }
 
-fn prefix_hash(prefix: &[u32]) -> u64 {
+/// Stored chunks are namespaced by cache group, as the engine's chunk keys
+/// are: one group never hits another's prompts.
+fn prefix_hash(group: &str, prefix: &[u32]) -> u64 {
     let mut h = DefaultHasher::new();
+    group.hash(&mut h);
     prefix.hash(&mut h);
     h.finish()
 }
@@ -82,6 +87,7 @@ impl MockWorker {
                 cancelled: AtomicU64::new(0),
                 stored: DashSet::new(),
                 last: std::sync::Mutex::new(None),
+                fake_load: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -110,15 +116,37 @@ impl MockWorker {
         self.inner.last.lock().map(|g| g.clone()).unwrap_or(None)
     }
 
-    fn stored_chunks(&self, prompt: &[u32]) -> Vec<bool> {
+    /// Answers load checks with `report` (`None`: the real one again).
+    pub fn set_load(&self, report: Option<LoadReport>) {
+        if let Ok(mut g) = self.inner.fake_load.lock() {
+            *g = report;
+        }
+    }
+
+    /// Marks every full chunk of `prompt` stored for `cache_group`, as if
+    /// it had been served.
+    pub fn store_prompt(&self, prompt: &[u32], cache_group: &str) {
+        let c = self.inner.opts.chunk_tokens.max(1);
+        for i in 1..=prompt.len() / c {
+            self.inner
+                .stored
+                .insert(prefix_hash(cache_group, &prompt[..i * c]));
+        }
+    }
+
+    fn stored_chunks(&self, prompt: &[u32], group: &str) -> Vec<bool> {
         let c = self.inner.opts.chunk_tokens.max(1);
         (1..=prompt.len() / c)
-            .map(|i| self.inner.stored.contains(&prefix_hash(&prompt[..i * c])))
+            .map(|i| {
+                self.inner
+                    .stored
+                    .contains(&prefix_hash(group, &prompt[..i * c]))
+            })
             .collect()
     }
 
-    fn classification(&self, prompt: &[u32]) -> Classification {
-        let stored = self.stored_chunks(prompt);
+    fn classification(&self, prompt: &[u32], group: &str) -> Classification {
+        let stored = self.stored_chunks(prompt, group);
         let c = self.inner.opts.chunk_tokens.max(1);
         let cached_tokens = stored.iter().filter(|&&s| s).count() * c;
         Classification {
@@ -161,7 +189,7 @@ impl Worker for MockWorker {
         let me = self.clone();
         tokio::spawn(async move {
             let arrived = Instant::now();
-            let cls = me.classification(&req.prompt);
+            let cls = me.classification(&req.prompt, &req.cache_group);
             let o = &req.options;
             if req.prompt.is_empty() {
                 let _ = tx
@@ -240,10 +268,7 @@ impl Worker for MockWorker {
                 }
             }
             // Every full chunk of the prompt is now "stored".
-            let c = me.inner.opts.chunk_tokens.max(1);
-            for i in 1..=req.prompt.len() / c {
-                me.inner.stored.insert(prefix_hash(&req.prompt[..i * c]));
-            }
+            me.store_prompt(&req.prompt, &req.cache_group);
             let generated = text.chars().count();
             let usage = Usage {
                 prompt_tokens: req.prompt.len(),
@@ -276,13 +301,16 @@ impl Worker for MockWorker {
     fn classify(
         &self,
         prompt: Vec<u32>,
-        _cache_group: String,
+        cache_group: String,
     ) -> BoxFuture<'static, Result<Classification, WorkerError>> {
-        futures::future::ready(Ok(self.classification(&prompt))).boxed()
+        futures::future::ready(Ok(self.classification(&prompt, &cache_group))).boxed()
     }
 
     fn load(&self) -> BoxFuture<'static, Result<LoadReport, WorkerError>> {
         let i = &self.inner;
+        if let Some(r) = i.fake_load.lock().ok().and_then(|g| g.clone()) {
+            return futures::future::ready(Ok(r)).boxed();
+        }
         let running = i
             .submitted
             .load(Ordering::SeqCst)

@@ -4,14 +4,14 @@
 //! waits for a worker's report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use cake_engine::worker::{Classification, LoadReport};
 
 use super::{Worker, WorkerError};
-use crate::config::PlacementPolicy;
 use crate::telemetry as tm;
 
 /// One worker and what the gateway knows of it.
@@ -26,6 +26,9 @@ pub struct WorkerSlot {
     in_flight: AtomicU64,
     in_flight_tokens: AtomicU64,
     load: ArcSwap<LoadReport>,
+    /// When the last report was asked for: it counts everything sent
+    /// before then.
+    load_as_of: Mutex<Option<Instant>>,
 }
 
 impl WorkerSlot {
@@ -39,6 +42,7 @@ impl WorkerSlot {
             in_flight: AtomicU64::new(0),
             in_flight_tokens: AtomicU64::new(0),
             load: ArcSwap::from_pointee(LoadReport::default()),
+            load_as_of: Mutex::new(None),
         }
     }
 
@@ -56,6 +60,11 @@ impl WorkerSlot {
 
     pub fn last_load(&self) -> Arc<LoadReport> {
         self.load.load_full()
+    }
+
+    /// When the last load report was asked for (`None`: no report yet).
+    pub fn load_as_of(&self) -> Option<Instant> {
+        *self.load_as_of.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -79,7 +88,6 @@ impl Drop for InFlight {
 pub struct WorkerPool {
     slots: Vec<Arc<WorkerSlot>>,
     down_after: u32,
-    next: AtomicUsize,
 }
 
 impl WorkerPool {
@@ -87,7 +95,6 @@ impl WorkerPool {
         WorkerPool {
             slots: slots.into_iter().map(Arc::new).collect(),
             down_after: down_after_failures.max(1),
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -117,28 +124,6 @@ impl WorkerPool {
             tracing::info!(worker = slot.name(), "worker back up");
             tm::worker_up(slot.name(), true);
         }
-    }
-
-    /// Healthy workers in the order to try them.
-    pub fn candidates(&self, policy: PlacementPolicy) -> Vec<Arc<WorkerSlot>> {
-        let n = self.slots.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut c: Vec<Arc<WorkerSlot>> = (0..n)
-            .map(|i| self.slots[(start + i) % n].clone())
-            .filter(|s| s.is_up())
-            .collect();
-        if policy == PlacementPolicy::LeastLoaded {
-            // Stable: equal loads keep the rotated order.
-            c.sort_by_key(|s| {
-                let tokens = s.in_flight_tokens.load(Ordering::SeqCst);
-                let reported = s.load.load().queued_compute_tokens;
-                (tokens.max(reported), s.in_flight())
-            });
-        }
-        c
     }
 
     /// Puts a request on a worker's ledger.
@@ -198,9 +183,11 @@ impl WorkerPool {
                     return;
                 }
             }
+            let asked = Instant::now();
             if let Ok(Ok(report)) = tokio::time::timeout(slot.timeout, slot.worker.load()).await {
                 tm::worker_load(slot.name(), &report);
                 slot.load.store(Arc::new(report));
+                *slot.load_as_of.lock().unwrap_or_else(|e| e.into_inner()) = Some(asked);
             }
         });
         futures::future::join_all(checks).await;

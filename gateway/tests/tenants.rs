@@ -1,0 +1,489 @@
+//! Tenants and admission, end to end: API keys, limits with `Retry-After`,
+//! concurrency slots held until a stream ends, weighted and prioritised
+//! queues, bounded overload, cache groups, adaptive placement and hot
+//! reload — all against mock workers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cake_engine::worker::LoadReport;
+use cake_gateway::worker::{MockOptions, MockWorker};
+use cake_gateway::{Config, Gateway};
+use common::*;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+
+const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
+const KEY_B: &str = "a30534a53b23547377ddccbd1ac85a8a84c13db43493c16e55a6abc7b0eba634";
+const KEY_C: &str = "49043acf9056472a214242c2d15f3087c2d024b0d39ee858c60712b2354f3926";
+
+async fn gateway(toml: &str, workers: &[MockWorker]) -> Gateway {
+    let cfg = Config::parse(toml).unwrap();
+    cfg.validate().unwrap();
+    let slots = workers.iter().map(|w| slot(Arc::new(w.clone()))).collect();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    Gateway::start_with_tenants(
+        &server_config(),
+        &cfg.policy,
+        &cfg.tenants,
+        model(),
+        slots,
+        l,
+    )
+    .unwrap()
+}
+
+fn req(gw: &Gateway, key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v1/completions", gw.local_addr()))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("authorization", format!("Bearer {k}"));
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+async fn call(gw: &Gateway, key: Option<&str>, body: &str) -> Reply {
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client().request(req(gw, key, body)),
+    )
+    .await
+    .expect("no answer within 20 s")
+    .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+const SMALL: &str = r#"{"prompt": "hello world", "max_tokens": 1}"#;
+
+fn two_tenants(extra_a: &str, extra_b: &str) -> String {
+    format!(
+        "[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{KEY_A}\"]\n{extra_a}\n\
+         [[tenants]]\nname = \"b\"\napi_key_sha256 = [\"{KEY_B}\"]\n{extra_b}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_missing_key_is_401_known_key_is_200() {
+    let m = mock("w");
+    let gw = gateway(&two_tenants("", ""), &[m]).await;
+    let r = call(&gw, Some("nope"), SMALL).await;
+    assert_eq!(r.error(401)["error"]["code"], "invalid_api_key");
+    call(&gw, None, SMALL).await.error(401);
+    let r = call(&gw, Some("key-a"), SMALL).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Probes need no key.
+    assert_eq!(get(gw.local_addr(), "/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tenants_means_everyone_is_default() {
+    let m = mock("w");
+    let gw = gateway("", std::slice::from_ref(&m)).await;
+    assert_eq!(call(&gw, None, SMALL).await.status, 200);
+    assert_eq!(call(&gw, Some("anything"), SMALL).await.status, 200);
+    assert_eq!(m.last_request().unwrap().cache_group, "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_is_429_with_retry_after_and_the_limit_name() {
+    let m = mock("w");
+    let gw = gateway(
+        &two_tenants("[tenants.limits]\nrequests_per_s = 1.0", ""),
+        &[m],
+    )
+    .await;
+    assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 200);
+    let r = call(&gw, Some("key-a"), SMALL).await;
+    let e = r.error(429);
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+    assert_eq!(e["error"]["code"], "requests_per_second");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests_per_second")
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    // Another tenant is not affected.
+    assert_eq!(call(&gw, Some("key-b"), SMALL).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_prompt_limit_is_413() {
+    let m = mock("w");
+    let gw = gateway(
+        &two_tenants("[tenants.limits]\nmax_prompt_tokens = 4", ""),
+        &[m],
+    )
+    .await;
+    let body = r#"{"prompt": [1, 2, 3, 4, 5, 6], "max_tokens": 1}"#;
+    let r = call(&gw, Some("key-a"), body).await;
+    assert_eq!(r.error(413)["error"]["code"], "prompt_too_long");
+    assert_eq!(call(&gw, Some("key-b"), body).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_slot_is_held_until_the_stream_ends() {
+    let m = slow_mock("w", 40);
+    let gw = gateway(
+        &two_tenants("[tenants.limits]\nmax_concurrent = 1", ""),
+        &[m],
+    )
+    .await;
+    let stream = r#"{"prompt": "hi", "max_tokens": 8, "stream": true}"#;
+    // A stream in progress holds the slot.
+    let resp = client()
+        .request(req(&gw, Some("key-a"), stream))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = call(&gw, Some("key-a"), SMALL).await;
+    assert_eq!(r.error(429)["error"]["code"], "max_concurrent");
+    assert!(r.headers.contains_key("retry-after"));
+    // Its end gives the slot back.
+    resp.into_body().collect().await.unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if call(&gw, Some("key-a"), SMALL).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "slot given back after the stream ended");
+    // A client that leaves mid-stream gives it back too.
+    let resp = client()
+        .request(req(&gw, Some("key-a"), stream))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 429);
+    drop(resp);
+    let mut ok = false;
+    for _ in 0..100 {
+        if call(&gw, Some("key-a"), SMALL).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "slot given back after the client left");
+}
+
+const ONE_SLOT: &str = "[policy]\nmax_in_flight_per_worker = 1\nfair_quantum_tokens = 1\n\
+     queue_per_tenant = 64\nqueue_deadline_ms = 60000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_three_to_one_share_one_slow_worker() {
+    let m = slow_mock("w", 8);
+    let toml = format!("{ONE_SLOT}{}", two_tenants("weight = 3", "weight = 1"));
+    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, key) in ["key-a", "key-b"].into_iter().enumerate() {
+        for _ in 0..8 {
+            let (gw, served, stop) = (gw.clone(), served.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = call(&gw, Some(key), SMALL).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    if !stop.load(Ordering::SeqCst) {
+                        served[i].fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+    }
+    let t0 = Instant::now();
+    while served[0].load(Ordering::SeqCst) + served[1].load(Ordering::SeqCst) < 160 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "too slow");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (a, b) = (
+        served[0].load(Ordering::SeqCst) as f64,
+        served[1].load(Ordering::SeqCst) as f64,
+    );
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ratio = a / b;
+    assert!((ratio - 3.0).abs() <= 0.3, "served {a}:{b} = {ratio}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_tenant_is_served_first() {
+    let m = slow_mock("w", 50);
+    let toml = format!("{ONE_SLOT}{}", two_tenants("priority = 0", "priority = 5"));
+    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = |key: &'static str, tokens: usize, label: &'static str| {
+        let (gw, finished) = (gw.clone(), finished.clone());
+        tokio::spawn(async move {
+            let body = format!(r#"{{"prompt": "hello world", "max_tokens": {tokens}}}"#);
+            let r = call(&gw, Some(key), &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            finished.lock().unwrap().push(label);
+        })
+    };
+    // The worker is busy with a long low-priority request...
+    let mut tasks = vec![run("key-a", 4, "busy")];
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // ...three more low-priority requests queue, then a high-priority one.
+    for label in ["low1", "low2", "low3"] {
+        tasks.push(run("key-a", 1, label));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    tasks.push(run("key-b", 1, "high"));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = finished.lock().unwrap().clone();
+    assert_eq!(order[0], "busy", "{order:?}");
+    assert_eq!(order[1], "high", "{order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_gives_fast_429s_with_a_bounded_queue() {
+    let m = slow_mock("w", 100);
+    let toml = format!(
+        "[policy]\nmax_in_flight_per_worker = 1\nqueue_per_tenant = 2\nqueue_total = 3\n{}",
+        two_tenants("", "")
+    );
+    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let body = r#"{"prompt": "hello", "max_tokens": 2}"#;
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let gw = gw.clone();
+            let key = if i % 3 == 0 { "key-b" } else { "key-a" };
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = call(&gw, Some(key), body).await;
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (r, took) = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(r.json()["error"]["code"], "queue_full");
+                assert_eq!(r.headers["retry-after"], "1");
+                assert!(took < Duration::from_secs(1), "slow refusal: {took:?}");
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    // One running, at most three waiting.
+    assert!((1..=4).contains(&ok), "ok {ok}");
+    assert_eq!(ok + refused, 12);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deadline_refuses_quickly_never_hangs() {
+    let m = slow_mock("w", 200);
+    let toml = format!(
+        "[policy]\nmax_in_flight_per_worker = 1\nqueue_deadline_ms = 150\n{}",
+        two_tenants("", "")
+    );
+    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let busy = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            call(&gw, Some("key-a"), r#"{"prompt": "x", "max_tokens": 4}"#).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    let r = call(&gw, Some("key-b"), SMALL).await;
+    assert_eq!(r.error(429)["error"]["code"], "queue_timeout");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(busy.await.unwrap().status, 200);
+}
+
+fn ids(n: usize, base: u32) -> String {
+    let v: Vec<String> = (0..n as u32)
+        .map(|i| (base + i % 200).to_string())
+        .collect();
+    format!("[{}]", v.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_groups_never_share_cached_prompts() {
+    let m = mock("w");
+    let toml = format!(
+        "{}[[tenants]]\nname = \"c\"\napi_key_sha256 = [\"{KEY_C}\"]\ncache_group = \"a\"\n",
+        two_tenants("", "")
+    );
+    let gw = gateway(&toml, std::slice::from_ref(&m)).await;
+    let body = format!(r#"{{"prompt": {}, "max_tokens": 1}}"#, ids(40, 10));
+    let class = |r: &Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let u = &r.json()["usage"];
+        (
+            u["cake"]["class"].as_str().unwrap().to_string(),
+            u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    assert_eq!(class(&call(&gw, Some("key-a"), &body).await).0, "fresh");
+    assert_eq!(m.last_request().unwrap().cache_group, "a");
+    let (c, n) = class(&call(&gw, Some("key-a"), &body).await);
+    assert_eq!((c.as_str(), n), ("cached", 32));
+    // Tenant b, in its own group, never hits a's prompt.
+    for _ in 0..2 {
+        let (c, n) = class(&call(&gw, Some("key-b"), &body).await);
+        assert_eq!(m.last_request().unwrap().cache_group, "b");
+        if c == "cached" {
+            // Its own second request may hit its own first.
+            assert_eq!(n, 32);
+        }
+    }
+    let fresh_body = format!(r#"{{"prompt": {}, "max_tokens": 1}}"#, ids(40, 300));
+    assert_eq!(
+        class(&call(&gw, Some("key-a"), &fresh_body).await).0,
+        "fresh"
+    );
+    let (c, n) = class(&call(&gw, Some("key-b"), &fresh_body).await);
+    assert_eq!((c.as_str(), n), ("fresh", 0), "b hit a's prompt");
+    // Tenant c shares a's group, and its cache.
+    let (c, _) = class(&call(&gw, Some("key-c"), &fresh_body).await);
+    assert_eq!(c, "cached");
+    assert_eq!(m.last_request().unwrap().cache_group, "a");
+}
+
+fn fake_load(compute_tokens: u64, io_bytes: u64) -> LoadReport {
+    LoadReport {
+        queued_compute_tokens: compute_tokens,
+        queued_io_bytes: io_bytes,
+        compute_a_s: 0.04,
+        compute_b_s: 0.001,
+        bandwidth_bytes_per_s: 1e9,
+        kv_bytes_per_token: 1_600_000,
+        chunk_tokens: 16,
+        ..LoadReport::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_sends_cached_requests_to_idle_io_and_fresh_to_idle_compute() {
+    let opts = MockOptions::default();
+    // Compute busy for 2 s, I/O idle; compute idle, I/O busy for 5 s.
+    let busy_compute = MockWorker::new("busy-compute", opts.clone());
+    busy_compute.set_load(Some(fake_load(800, 0)));
+    let busy_io = MockWorker::new("busy-io", opts);
+    busy_io.set_load(Some(fake_load(0, 5_000_000_000)));
+    let gw = gateway(
+        "[policy]\nplacement = \"adaptive\"\n",
+        &[busy_compute.clone(), busy_io.clone()],
+    )
+    .await;
+    eventually("load reports", || {
+        gw.pool()
+            .slots()
+            .iter()
+            .all(|s| s.last_load().chunk_tokens == 16)
+    })
+    .await;
+    let cached: Vec<u32> = (0..960).map(|i| 10 + i % 200).collect();
+    for m in [&busy_compute, &busy_io] {
+        m.store_prompt(&cached, "default");
+    }
+    let worker = |r: &Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["usage"]["cake"]["worker"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let body = format!(r#"{{"prompt": {}, "max_tokens": 1}}"#, ids(960, 10));
+    let r = call(&gw, None, &body).await;
+    assert_eq!(r.json()["usage"]["cake"]["class"], "cached");
+    assert_eq!(worker(&r), "busy-compute");
+    let body = format!(r#"{{"prompt": {}, "max_tokens": 1}}"#, ids(900, 300));
+    assert_eq!(worker(&call(&gw, None, &body).await), "busy-io");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reload_from_the_file_and_a_bad_file_keeps_the_old_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cake.toml");
+    let one = format!("[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{KEY_A}\"]\n");
+    std::fs::write(&path, &one).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let slots = vec![slot(Arc::new(mock("w")))];
+    let mut gw = Gateway::start_with_tenants(
+        &server_config(),
+        &cfg.policy,
+        &cfg.tenants,
+        model(),
+        slots,
+        l,
+    )
+    .unwrap();
+    gw.watch_config(path.clone(), Duration::from_millis(50));
+    assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 200);
+    call(&gw, Some("key-b"), SMALL).await.error(401);
+
+    // Add tenant b: its key works without a restart.
+    std::fs::write(&path, two_tenants("", "")).unwrap();
+    let mut ok = false;
+    for _ in 0..250 {
+        if call(&gw, Some("key-b"), SMALL).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "tenant b not loaded");
+
+    // A broken file keeps the config in force.
+    let errors = || {
+        cake_gateway::render_metrics()
+            .lines()
+            .find(|l| l.starts_with("cake_config_reload_errors_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = errors();
+    std::fs::write(&path, "[[tenants]]\nname = \"a\"\nweight = 0\n").unwrap();
+    eventually("reload error counted", || errors() > before).await;
+    assert_eq!(call(&gw, Some("key-b"), SMALL).await.status, 200);
+    assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 200);
+    std::fs::write(&path, "not toml [[").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(call(&gw, Some("key-b"), SMALL).await.status, 200);
+}
