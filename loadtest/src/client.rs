@@ -264,7 +264,21 @@ pub(crate) async fn get(
     uri: Uri,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), String> {
-    let req = Request::get(uri.clone())
+    get_with(http, uri, timeout, None).await
+}
+
+/// [`get`] with an `Authorization` header.
+pub(crate) async fn get_with(
+    http: &Http,
+    uri: Uri,
+    timeout: Duration,
+    auth: Option<&HeaderValue>,
+) -> Result<(StatusCode, Bytes), String> {
+    let mut req = Request::get(uri.clone());
+    if let Some(a) = auth {
+        req = req.header(hyper::header::AUTHORIZATION, a.clone());
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let fut = async {
@@ -286,9 +300,10 @@ pub(crate) async fn get(
         .map_err(|_| format!("GET {uri}: no answer within {timeout:?}"))?
 }
 
-/// The model to ask for: the first id listed by `GET /v1/models`, or
+/// The model to ask for: the first id listed by `GET /v1/models` (sent
+/// with `auth`, the first tenant's key, for servers that require one), or
 /// `default` when the server lists none or has no such endpoint.
-pub(crate) async fn discover_model(http: &Http, base: &str) -> String {
+pub(crate) async fn discover_model(http: &Http, base: &str, auth: Option<&HeaderValue>) -> String {
     #[derive(serde::Deserialize)]
     struct Models {
         data: Vec<ModelEntry>,
@@ -300,7 +315,7 @@ pub(crate) async fn discover_model(http: &Http, base: &str) -> String {
     let Ok(uri) = join(base, "/v1/models") else {
         return "default".into();
     };
-    match get(http, uri, Duration::from_secs(10)).await {
+    match get_with(http, uri, Duration::from_secs(10), auth).await {
         Ok((s, body)) if s.is_success() => serde_json::from_slice::<Models>(&body)
             .ok()
             .and_then(|m| m.data.into_iter().next())

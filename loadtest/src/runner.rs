@@ -144,7 +144,10 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
     let http = client::http_client(w.max_in_flight);
     let model = match &spec.model {
         Some(m) => m.clone(),
-        None => client::discover_model(&http, &spec.target).await,
+        None => {
+            let key = auths.iter().flatten().next();
+            client::discover_model(&http, &spec.target, key).await
+        }
     };
     let params = BodyParams {
         model: model.clone(),

@@ -4,6 +4,7 @@
 //! placer with its in-flight ledger. Every decision is `cake_policy`'s;
 //! this module holds the state and the locks around it.
 
+mod limits_redis;
 mod placement;
 mod queue;
 mod reload;
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, PolicyConfig, TenantConfig};
 use crate::worker::WorkerPool;
 
+pub use limits_redis::SharedLimits;
 pub use placement::{PlaceRequest, Reservation};
 pub use queue::SlotGuard;
 pub use tenants::{TenantEntry, TenantPermit, Tenants};
@@ -45,7 +47,7 @@ impl Admission {
         let n = pool.slots().len();
         Admission {
             live: ArcSwap::from_pointee(Live {
-                tenants: Tenants::new(tenants, None),
+                tenants: Tenants::new(tenants, SharedLimits::from_policy(policy), None),
                 policy: policy.clone(),
             }),
             pool,
@@ -63,7 +65,8 @@ impl Admission {
     /// already admitted keep what they hold.
     pub fn apply(&self, cfg: &Config) {
         let old = self.live.load_full();
-        let tenants = Tenants::new(&cfg.tenants, Some(&old.tenants));
+        let redis = SharedLimits::reuse_or_new(&cfg.policy, old.tenants.shared_limits());
+        let tenants = Tenants::new(&cfg.tenants, redis, Some(&old.tenants));
         if cfg.policy.placement != old.policy.placement {
             self.place
                 .lock()

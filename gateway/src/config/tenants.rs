@@ -146,6 +146,15 @@ pub struct PolicyConfig {
     /// Prompt tokens a weight-1 tenant is served per turn of the fair
     /// queue (deficit round robin); about one typical prompt.
     pub fair_quantum_tokens: u64,
+    /// Redis URL (`redis://host:port/db`) where the tenants' request-rate
+    /// and prompt-token-rate limits are kept, shared by every gateway that
+    /// points at it. Empty: each gateway enforces its limits alone.
+    pub limits_redis: String,
+    /// Prefix of the limit keys in `limits_redis`.
+    pub limits_redis_prefix: String,
+    /// Longest wait for Redis on a limit check, in milliseconds; past it
+    /// (or with Redis down) the gateway's own limits decide.
+    pub limits_redis_timeout_ms: u64,
 }
 
 impl Default for PolicyConfig {
@@ -158,6 +167,9 @@ impl Default for PolicyConfig {
             queue_total: 1024,
             queue_deadline_ms: 30_000,
             fair_quantum_tokens: 256,
+            limits_redis: String::new(),
+            limits_redis_prefix: "cake:limits:".into(),
+            limits_redis_timeout_ms: 50,
         }
     }
 }
@@ -169,9 +181,23 @@ impl PolicyConfig {
             ("policy.queue_total", self.queue_total as u64),
             ("policy.queue_deadline_ms", self.queue_deadline_ms),
             ("policy.fair_quantum_tokens", self.fair_quantum_tokens),
+            (
+                "policy.limits_redis_timeout_ms",
+                self.limits_redis_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(f, v, "must be at least 1"));
+            }
+        }
+        if !self.limits_redis.is_empty() {
+            use redis::IntoConnectionInfo;
+            if let Err(e) = self.limits_redis.as_str().into_connection_info() {
+                return Err(invalid(
+                    "policy.limits_redis",
+                    format!("{:?}", self.limits_redis),
+                    format!("not a Redis URL: {e}"),
+                ));
             }
         }
         Ok(())

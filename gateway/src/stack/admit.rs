@@ -75,7 +75,7 @@ async fn admit(state: &AppState, ctx: &mut GenCtx) -> Result<(), GatewayError> {
     let cost = ctx.prompt.len() as u64;
     let now = Instant::now();
     if let Some(e) = &ctx.tenant.entry {
-        match e.admit(now, cost) {
+        match e.admit(now, cost).await {
             Ok(p) => ctx.held.permit = Some(p),
             Err(Refusal::PromptTooLong { max, got }) => {
                 tm::refused(&name, "max_prompt_tokens");
