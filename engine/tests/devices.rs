@@ -110,6 +110,7 @@ fn request(prompt: &[u32], strategy: Strategy) -> WorkRequest {
         },
         cache_group: "g".into(),
         strategy: Some(strategy),
+        priority: 0,
     }
 }
 

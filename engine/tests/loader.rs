@@ -63,6 +63,7 @@ fn request(prompt: &[u32], strategy: Option<Strategy>) -> WorkRequest {
         },
         cache_group: "g".into(),
         strategy,
+        priority: 0,
     }
 }
 
@@ -291,4 +292,40 @@ async fn overload_and_bad_requests_are_refused_at_submit() {
             .to_string()
             .contains("vocabulary")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_higher_priority_request_runs_first() {
+    let f = fixture();
+    let cfg = EngineConfig {
+        max_running: 1,
+        ..config(Strategy::Compute)
+    };
+    let engine = Arc::new(Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg).unwrap());
+    let vocab = f.model.config().vocab_size;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    // The first holds the only running slot; then a low- and a
+    // high-priority request wait, in that order.
+    for (label, max_tokens, priority) in [("first", 48, 0u8), ("low", 1, 0), ("high", 1, 3)] {
+        let mut req = request(&prompt(20, 7, vocab), None);
+        req.options.max_tokens = max_tokens;
+        req.options.logprobs = None;
+        req.priority = priority;
+        let (engine, order) = (engine.clone(), order.clone());
+        let mut rx = engine.submit(req).unwrap();
+        tasks.push(tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if matches!(ev, WorkEvent::Done { .. }) {
+                    order.lock().unwrap().push(label);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let pos = |l| order.iter().position(|&x| x == l).unwrap();
+    assert!(pos("high") < pos("low"), "{order:?}");
 }

@@ -242,6 +242,7 @@ async fn run_async(args: GatewayBenchArgs) -> anyhow::Result<serde_json::Value> 
         },
         cache_group: "default".into(),
         strategy: None,
+        priority: 0,
     })?;
     let gateway_body =
         serde_json::to_vec(&json!({"model": "noop", "prompt": prompt, "max_tokens": 1}))?;

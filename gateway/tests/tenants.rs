@@ -235,7 +235,13 @@ async fn weights_three_to_one_share_one_slow_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_tenant_is_served_first() {
     let m = slow_mock("w", 50);
-    let toml = format!("{ONE_SLOT}{}", two_tenants("priority = 0", "priority = 5"));
+    // No headroom: the high-priority request must wait its turn in the
+    // queue, and comes out first.
+    let toml = format!(
+        "{}{}",
+        ONE_SLOT.replace("[policy]", "[policy]\npriority_headroom = 0"),
+        two_tenants("priority = 0", "priority = 5")
+    );
     let gw = Arc::new(gateway(&toml, &[m]).await);
     let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
     let run = |key: &'static str, tokens: usize, label: &'static str| {
@@ -262,6 +268,36 @@ async fn higher_priority_tenant_is_served_first() {
     let order = finished.lock().unwrap().clone();
     assert_eq!(order[0], "busy", "{order:?}");
     assert_eq!(order[1], "high", "{order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_headroom_lets_a_priority_tenant_past_a_full_worker() {
+    let m = slow_mock("w", 50);
+    // One slot per worker, one more for priority tenants (the default).
+    let toml = format!("{ONE_SLOT}{}", two_tenants("priority = 0", "priority = 5"));
+    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = |key: &'static str, tokens: usize, label: &'static str| {
+        let (gw, finished) = (gw.clone(), finished.clone());
+        tokio::spawn(async move {
+            let body = format!(r#"{{"prompt": "hello world", "max_tokens": {tokens}}}"#);
+            let r = call(&gw, Some(key), &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            finished.lock().unwrap().push(label);
+        })
+    };
+    // A long low-priority request holds the worker's slot and another
+    // waits; the high-priority one takes the headroom slot at once.
+    let mut tasks = vec![run("key-a", 6, "busy")];
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    tasks.push(run("key-a", 1, "low"));
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    tasks.push(run("key-b", 1, "high"));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = finished.lock().unwrap().clone();
+    assert_eq!(order[0], "high", "{order:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ pub fn bench_request(
         },
         cache_group: "bench".into(),
         strategy,
+        priority: 0,
     }
 }
 

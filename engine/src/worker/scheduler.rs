@@ -86,7 +86,14 @@ impl Scheduler {
             }
             self.reap();
             while self.active.len() < self.cfg.max_running {
-                match self.waiting.pop_front() {
+                // The first of the highest priority waiting.
+                let best = self
+                    .waiting
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(i, s)| (s.req.priority, std::cmp::Reverse(*i)))
+                    .map(|(i, _)| i);
+                match best.and_then(|i| self.waiting.remove(i)) {
                     Some(s) => self.active.push(s),
                     None => break,
                 }
@@ -158,17 +165,18 @@ impl Scheduler {
     fn order(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.active.len()).collect();
         if self.cfg.order == BudgetOrder::Adaptive {
-            // Stable sort keeps arrival order within a rank.
+            // Stable sort keeps arrival order within a rank and priority.
             idx.sort_by_key(|&i| {
                 let s = &self.active[i];
-                match (s.phase, s.class) {
+                let rank = match (s.phase, s.class) {
                     (Phase::Decode, _) => 0,
                     (_, RequestClass::Fresh) => 1,
                     // Past the cached range, what is left is an ordinary
                     // prefill of the uncached suffix.
                     (_, RequestClass::Cached) if s.front >= s.cached_end => 1,
                     (_, RequestClass::Cached) => 2,
-                }
+                };
+                (rank, std::cmp::Reverse(s.req.priority))
             });
         }
         idx

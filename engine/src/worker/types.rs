@@ -113,6 +113,10 @@ pub struct WorkRequest {
     pub cache_group: String,
     /// Overrides the worker's configured strategy (benchmarks).
     pub strategy: Option<Strategy>,
+    /// The tenant's priority: within each rank of the step order (and when
+    /// waiting for a running slot) a higher priority goes first.
+    #[serde(default)]
+    pub priority: u8,
 }
 
 /// Where a request's prompt KV came from, and how long it took.

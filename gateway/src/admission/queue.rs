@@ -66,6 +66,16 @@ impl Admission {
 
     /// Prompt tokens queued ahead of a new request of `cost` from `tenant`
     /// (its own cost not counted).
+    /// Slots beyond [`Admission::capacity`] that requests of priority above
+    /// 0 may take.
+    fn headroom(&self) -> usize {
+        let p = &self.live.load().policy;
+        if p.max_in_flight_per_worker == 0 {
+            return 0;
+        }
+        (p.priority_headroom as usize).saturating_mul(self.pool.healthy().max(1))
+    }
+
     pub fn work_ahead(&self, tenant: &str, share: Share, cost: u64) -> u64 {
         let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
         s.queue
@@ -85,6 +95,28 @@ impl Admission {
         let (tx, rx) = oneshot::channel();
         let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
         self.pump_locked(&mut s);
+        // A priority tenant with no one of its level or above waiting may
+        // take a headroom slot at once.
+        let ahead = s
+            .queue
+            .work_ahead(&tenant.to_string(), share, cost)
+            .saturating_sub(cost.max(1));
+        if share.priority > 0
+            && ahead == 0
+            && s.running < self.capacity().saturating_add(self.headroom())
+        {
+            s.running += 1;
+            let g = SlotGuard {
+                adm: self.clone(),
+                armed: true,
+            };
+            tm::queue_waiting(s.queue.len(), s.running);
+            if let Err(mut g) = tx.send(g) {
+                g.armed = false;
+                s.running -= 1;
+            }
+            return Ok(rx);
+        }
         s.queue
             .push(
                 tenant.to_string(),

@@ -136,6 +136,11 @@ pub struct PolicyConfig {
     /// Requests dispatched to one worker at once; when every healthy worker
     /// is at it, requests wait in the tenants' queues. 0: no cap.
     pub max_in_flight_per_worker: u32,
+    /// Extra dispatch slots per worker that only tenants of priority above
+    /// 0 may take, when no one of their priority or higher waits: a flood
+    /// of lower priority holding every slot does not make them queue
+    /// behind its running requests. 0: none.
+    pub priority_headroom: u32,
     /// Requests one tenant may have waiting (more: 429 `queue_full`).
     pub queue_per_tenant: usize,
     /// Requests all tenants may have waiting (more: 429 `queue_full`).
@@ -163,6 +168,7 @@ impl Default for PolicyConfig {
             placement: PlacementPolicy::Adaptive,
             max_concurrent: 0,
             max_in_flight_per_worker: 32,
+            priority_headroom: 1,
             queue_per_tenant: 256,
             queue_total: 1024,
             queue_deadline_ms: 30_000,

@@ -213,6 +213,7 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
         options: ctx.params.options.clone(),
         cache_group: ctx.tenant.cache_group.clone(),
         strategy: None,
+        priority: ctx.tenant.entry.as_ref().map_or(0, |e| e.policy.priority),
     };
     let pool = &state.pool;
     let mut last: Option<(String, WorkerError)> = None;
