@@ -6,38 +6,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cake_engine::kv::LocalRedis;
 use cake_gateway::worker::MockWorker;
 use cake_gateway::{Config, Gateway};
 use common::*;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-
-// SHA-256 of "key-a", "key-b", "key-c".
-const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
-const KEY_B: &str = "a30534a53b23547377ddccbd1ac85a8a84c13db43493c16e55a6abc7b0eba634";
-const KEY_C: &str = "49043acf9056472a214242c2d15f3087c2d024b0d39ee858c60712b2354f3926";
 
 const SMALL: &str = r#"{"prompt": "hello world", "max_tokens": 1}"#;
 
 /// A local redis-server, or `None` (with the reason printed) when there is
 /// none — unless `CAKE_REQUIRE_REDIS=1`, where that is a failure.
 fn redis() -> Option<LocalRedis> {
-    let required = std::env::var("CAKE_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-    match LocalRedis::start(&[]) {
-        Ok(r) => Some(r),
-        Err(e) if !required => {
-            eprintln!(
-                "skipping: no usable redis-server ({e}); install redis-server to run this test"
-            );
-            None
-        }
-        Err(e) => panic!("CAKE_REQUIRE_REDIS=1 but redis-server cannot start: {e}"),
-    }
+    LocalRedis::for_test(&[])
 }
 
 /// Tenants `a` (4 requests/s), `b` (1000 requests/s, to warm the Redis
@@ -59,44 +40,11 @@ fn config(url: &str) -> Config {
 }
 
 async fn gateway(cfg: &Config, worker: &MockWorker) -> Gateway {
-    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    Gateway::start_with_tenants(
-        &server_config(),
-        &cfg.policy,
-        &cfg.tenants,
-        model(),
-        vec![slot(Arc::new(worker.clone()))],
-        l,
-    )
-    .unwrap()
+    tenant_gateway(cfg, std::slice::from_ref(worker)).await
 }
 
 async fn call(gw: &Gateway, key: &str, body: &str) -> Reply {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{}/v1/completions", gw.local_addr()))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
-        .await
-        .expect("no answer within 20 s")
-        .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    complete_as(gw, Some(key), body).await
 }
 
 /// Two gateways on one Redis, each in front of its own mock worker, with

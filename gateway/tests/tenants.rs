@@ -18,26 +18,17 @@ use common::*;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
-const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
-const KEY_B: &str = "a30534a53b23547377ddccbd1ac85a8a84c13db43493c16e55a6abc7b0eba634";
-const KEY_C: &str = "49043acf9056472a214242c2d15f3087c2d024b0d39ee858c60712b2354f3926";
-
 async fn gateway(toml: &str, workers: &[MockWorker]) -> Gateway {
     let cfg = Config::parse(toml).unwrap();
     cfg.validate().unwrap();
-    let slots = workers.iter().map(|w| slot(Arc::new(w.clone()))).collect();
-    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    Gateway::start_with_tenants(
-        &server_config(),
-        &cfg.policy,
-        &cfg.tenants,
-        model(),
-        slots,
-        l,
-    )
-    .unwrap()
+    tenant_gateway(&cfg, workers).await
 }
 
+async fn call(gw: &Gateway, key: Option<&str>, body: &str) -> Reply {
+    complete_as(gw, key, body).await
+}
+
+/// The request itself, for tests that read the response as it streams.
 fn req(gw: &Gateway, key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method(Method::POST)
@@ -47,30 +38,6 @@ fn req(gw: &Gateway, key: Option<&str>, body: &str) -> Request<Full<Bytes>> {
         b = b.header("authorization", format!("Bearer {k}"));
     }
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
-}
-
-async fn call(gw: &Gateway, key: Option<&str>, body: &str) -> Reply {
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        client().request(req(gw, key, body)),
-    )
-    .await
-    .expect("no answer within 20 s")
-    .unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
 }
 
 const SMALL: &str = r#"{"prompt": "hello world", "max_tokens": 1}"#;
@@ -162,14 +129,7 @@ async fn concurrency_slot_is_held_until_the_stream_ends() {
     assert!(r.headers.contains_key("retry-after"));
     // Its end gives the slot back.
     resp.into_body().collect().await.unwrap();
-    let mut ok = false;
-    for _ in 0..100 {
-        if call(&gw, Some("key-a"), SMALL).await.status == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ok = admitted_within_2s(&gw, "key-a").await;
     assert!(ok, "slot given back after the stream ended");
     // A client that leaves mid-stream gives it back too.
     let resp = client()
@@ -179,15 +139,19 @@ async fn concurrency_slot_is_held_until_the_stream_ends() {
     assert_eq!(resp.status(), 200);
     assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 429);
     drop(resp);
-    let mut ok = false;
+    let ok = admitted_within_2s(&gw, "key-a").await;
+    assert!(ok, "slot given back after the client left");
+}
+
+/// Whether a small request of `key`'s tenant succeeds within 2 s of tries.
+async fn admitted_within_2s(gw: &Gateway, key: &str) -> bool {
     for _ in 0..100 {
-        if call(&gw, Some("key-a"), SMALL).await.status == 200 {
-            ok = true;
-            break;
+        if call(gw, Some(key), SMALL).await.status == 200 {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(ok, "slot given back after the client left");
+    false
 }
 
 const ONE_SLOT: &str = "[policy]\nmax_in_flight_per_worker = 1\nfair_quantum_tokens = 1\n\
@@ -243,31 +207,45 @@ async fn higher_priority_tenant_is_served_first() {
         two_tenants("priority = 0", "priority = 5")
     );
     let gw = Arc::new(gateway(&toml, &[m]).await);
+    // The worker is busy with a long low-priority request; three more
+    // low-priority requests queue, then a high-priority one.
+    let order = finish_order(
+        &gw,
+        &[
+            ("key-a", 4, "busy", 30),
+            ("key-a", 1, "low1", 15),
+            ("key-a", 1, "low2", 15),
+            ("key-a", 1, "low3", 15),
+            ("key-b", 1, "high", 0),
+        ],
+    )
+    .await;
+    assert_eq!(order[0], "busy", "{order:?}");
+    assert_eq!(order[1], "high", "{order:?}");
+}
+
+/// Sends `(key, max_tokens, label, pause after)` in order, each in its own
+/// task, and returns the labels in the order their responses ended.
+async fn finish_order(
+    gw: &Arc<Gateway>,
+    sends: &[(&'static str, usize, &'static str, u64)],
+) -> Vec<&'static str> {
     let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let run = |key: &'static str, tokens: usize, label: &'static str| {
+    let mut tasks = Vec::new();
+    for &(key, tokens, label, pause_ms) in sends {
         let (gw, finished) = (gw.clone(), finished.clone());
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let body = format!(r#"{{"prompt": "hello world", "max_tokens": {tokens}}}"#);
             let r = call(&gw, Some(key), &body).await;
             assert_eq!(r.status, 200, "{}", r.text());
             finished.lock().unwrap().push(label);
-        })
-    };
-    // The worker is busy with a long low-priority request...
-    let mut tasks = vec![run("key-a", 4, "busy")];
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    // ...three more low-priority requests queue, then a high-priority one.
-    for label in ["low1", "low2", "low3"] {
-        tasks.push(run("key-a", 1, label));
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        }));
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
-    tasks.push(run("key-b", 1, "high"));
     for t in tasks {
         t.await.unwrap();
     }
-    let order = finished.lock().unwrap().clone();
-    assert_eq!(order[0], "busy", "{order:?}");
-    assert_eq!(order[1], "high", "{order:?}");
+    finished.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,27 +254,17 @@ async fn priority_headroom_lets_a_priority_tenant_past_a_full_worker() {
     // One slot per worker, one more for priority tenants (the default).
     let toml = format!("{ONE_SLOT}{}", two_tenants("priority = 0", "priority = 5"));
     let gw = Arc::new(gateway(&toml, &[m]).await);
-    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let run = |key: &'static str, tokens: usize, label: &'static str| {
-        let (gw, finished) = (gw.clone(), finished.clone());
-        tokio::spawn(async move {
-            let body = format!(r#"{{"prompt": "hello world", "max_tokens": {tokens}}}"#);
-            let r = call(&gw, Some(key), &body).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            finished.lock().unwrap().push(label);
-        })
-    };
     // A long low-priority request holds the worker's slot and another
     // waits; the high-priority one takes the headroom slot at once.
-    let mut tasks = vec![run("key-a", 6, "busy")];
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    tasks.push(run("key-a", 1, "low"));
-    tokio::time::sleep(Duration::from_millis(15)).await;
-    tasks.push(run("key-b", 1, "high"));
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let order = finished.lock().unwrap().clone();
+    let order = finish_order(
+        &gw,
+        &[
+            ("key-a", 6, "busy", 30),
+            ("key-a", 1, "low", 15),
+            ("key-b", 1, "high", 0),
+        ],
+    )
+    .await;
     assert_eq!(order[0], "high", "{order:?}");
 }
 

@@ -17,6 +17,23 @@ pub struct LocalRedis {
 }
 
 impl LocalRedis {
+    /// For tests: a started server, or `None` (with the reason printed)
+    /// when none can start — unless `CAKE_REQUIRE_REDIS=1`, where that
+    /// panics, so a CI run cannot pass by skipping.
+    pub fn for_test(extra: &[&str]) -> Option<LocalRedis> {
+        let required = std::env::var("CAKE_REQUIRE_REDIS").is_ok_and(|v| v == "1");
+        match LocalRedis::start(extra) {
+            Ok(r) => Some(r),
+            Err(e) if !required => {
+                eprintln!(
+                    "skipping: no usable redis-server ({e}); install redis-server to run this test"
+                );
+                None
+            }
+            Err(e) => panic!("CAKE_REQUIRE_REDIS=1 but redis-server cannot start: {e}"),
+        }
+    }
+
     /// `redis-server` from `CAKE_REDIS_SERVER` or the `PATH`, if any.
     pub fn binary() -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("CAKE_REDIS_SERVER") {

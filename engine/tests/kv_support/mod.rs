@@ -47,15 +47,5 @@ pub fn prompt(seed: u32, n: usize, codec: Codec) -> Vec<(ChunkKey, EncodedChunk,
 /// A local redis-server, or `None` (with the reason printed) when there is
 /// no binary — unless `CAKE_REQUIRE_REDIS=1`, where that is a failure.
 pub fn redis(extra: &[&str]) -> Option<LocalRedis> {
-    let required = std::env::var("CAKE_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-    match LocalRedis::start(extra) {
-        Ok(r) => Some(r),
-        Err(e) if !required => {
-            eprintln!(
-                "skipping: no usable redis-server ({e}); install redis-server to run this test"
-            );
-            None
-        }
-        Err(e) => panic!("CAKE_REQUIRE_REDIS=1 but redis-server cannot start: {e}"),
-    }
+    LocalRedis::for_test(extra)
 }

@@ -110,12 +110,25 @@ impl Reply {
 }
 
 pub async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -> Reply {
-    let req = Request::builder()
+    request_as(addr, method, path, body, None).await
+}
+
+/// [`request`] with `Authorization: Bearer key` when `key` is given.
+pub async fn request_as(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Reply {
+    let mut b = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("authorization", format!("Bearer {k}"));
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
         .await
         .expect("no answer within 20 s")
@@ -133,6 +146,31 @@ pub async fn request(addr: SocketAddr, method: Method, path: &str, body: &str) -
         headers,
         body,
     }
+}
+
+/// SHA-256 of the test keys "key-a", "key-b", "key-c".
+pub const KEY_A: &str = "f10f781241e2246678b6b45c857069208152a53863e47fac33f607ab405006f4";
+pub const KEY_B: &str = "a30534a53b23547377ddccbd1ac85a8a84c13db43493c16e55a6abc7b0eba634";
+pub const KEY_C: &str = "49043acf9056472a214242c2d15f3087c2d024b0d39ee858c60712b2354f3926";
+
+/// A gateway with `cfg`'s policy and tenants in front of `workers`.
+pub async fn tenant_gateway(cfg: &cake_gateway::Config, workers: &[MockWorker]) -> Gateway {
+    let slots = workers.iter().map(|w| slot(Arc::new(w.clone()))).collect();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    Gateway::start_with_tenants(
+        &server_config(),
+        &cfg.policy,
+        &cfg.tenants,
+        model(),
+        slots,
+        l,
+    )
+    .unwrap()
+}
+
+/// `POST /v1/completions` with `body`, as the tenant of `key`.
+pub async fn complete_as(gw: &Gateway, key: Option<&str>, body: &str) -> Reply {
+    request_as(gw.local_addr(), Method::POST, "/v1/completions", body, key).await
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
