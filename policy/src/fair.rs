@@ -425,13 +425,17 @@ mod tests {
             cb in proptest::collection::vec(1u64..5000, 1..8),
         ) {
             // DRR is fair per round (a weight-3 tenant may be served 3
-            // quanta in a row), so measure over at least 40 rounds of
-            // 4 quanta whatever the item sizes.
-            let mean = (ca.iter().sum::<u64>() / ca.len() as u64
-                + cb.iter().sum::<u64>() / cb.len() as u64)
-                .max(2)
-                / 2;
-            let pops = (40 * 4 * 1024 / mean as usize).max(3000);
+            // quanta in a row) and an item costlier than a quantum waits
+            // several rounds, so measure over enough rounds for one item
+            // to be a few percent of a tenant's share: a round pops about
+            // weight * quantum / mean cost items of each tenant.
+            let biggest = ca.iter().chain(&cb).copied().max().unwrap_or(1);
+            let rounds = 40 + 20 * biggest.div_ceil(1024) as usize;
+            let per_round = |c: &[u64], w: u64| {
+                let mean = (c.iter().sum::<u64>() / c.len() as u64).max(1);
+                (w * 1024).div_ceil(mean) as usize + 1
+            };
+            let pops = (rounds * (per_round(&ca, 3) + per_round(&cb, 1))).max(3000);
             let (a, b) = serve_backlogged(&ca, &cb, pops);
             let r = a as f64 / b as f64;
             prop_assert!((r - 3.0).abs() < 0.3, "ratio {}", r);
