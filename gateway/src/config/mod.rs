@@ -114,6 +114,21 @@ impl Config {
         self.server.validate()?;
         self.model.validate()?;
         self.engine.validate().map_err(engine_error)?;
+        // Any build accepts a GPU's spelling (one without `cuda`, or
+        // without a GPU, serves on the CPU and says why at start).
+        let dev = self.engine.device.trim();
+        let gpu = dev.strip_prefix("cuda").is_some_and(|r| {
+            r.is_empty()
+                || r.strip_prefix(':')
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+        });
+        if dev != "cpu" && !gpu {
+            return Err(invalid(
+                "engine.device",
+                &self.engine.device,
+                "must be `cpu`, `cuda` or `cuda:N`",
+            ));
+        }
         self.kv
             .validate()
             .map_err(|e| invalid(e.field, e.value, e.reason))?;
@@ -234,5 +249,17 @@ mod tests {
         c.engine.max_running = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("engine.max_running"), "{e}");
+
+        for ok in ["cpu", "cuda", "cuda:1"] {
+            let mut c = Config::default();
+            c.engine.device = ok.into();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in ["tpu", "cuda:x", "gpu0"] {
+            let mut c = Config::default();
+            c.engine.device = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with("engine.device"), "{e}");
+        }
     }
 }
