@@ -131,7 +131,7 @@ pub fn rope_inplace(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()
         #[cfg(feature = "cuda")]
         Device::Cuda(o) => {
             let be = cuda::backend(o)?;
-            let inv = be.upload(table.inv_freq())?;
+            let inv = be.rope_freqs(table.inv_freq())?;
             be.rope(
                 x.cuda_buf_mut()?.f32_mut("rope")?,
                 xs[0],

@@ -20,25 +20,24 @@ impl Device {
     /// in a build without the `cuda` feature is an error saying so.
     pub fn parse(s: &str) -> Result<Device> {
         let s = s.trim();
-        if s == "cpu" {
-            return Ok(Device::Cpu);
-        }
-        let ordinal = match s.strip_prefix("cuda") {
-            Some("") => Some(0),
-            Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
-            None => None,
-        };
-        match ordinal {
+        match spec_ordinal(s) {
             None => Err(KernelError::Unavailable(format!(
                 "`{s}` (devices are `cpu`, `cuda` or `cuda:N`)"
             ))),
+            Some(None) => Ok(Device::Cpu),
             #[cfg(feature = "cuda")]
-            Some(n) => Ok(Device::Cuda(n)),
+            Some(Some(n)) => Ok(Device::Cuda(n)),
             #[cfg(not(feature = "cuda"))]
-            Some(n) => Err(KernelError::Unavailable(format!(
+            Some(Some(n)) => Err(KernelError::Unavailable(format!(
                 "cuda:{n} (this build has no `cuda` feature: build with `--features cuda`)"
             ))),
         }
+    }
+
+    /// Whether `s` names a device in any build (`cpu`, `cuda`, `cuda:N`),
+    /// whether or not this build or machine can run it.
+    pub fn is_valid_spec(s: &str) -> bool {
+        spec_ordinal(s.trim()).is_some()
     }
 
     /// Parses `s` and, for a GPU, brings its backend up (driver, NVRTC
@@ -119,6 +118,18 @@ impl Device {
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(Mark(MarkInner::Cuda(cuda::backend(*n)?.mark()?))),
         }
+    }
+}
+
+/// `cpu` → `Some(None)`, `cuda` / `cuda:N` → `Some(Some(N))`, anything
+/// else → `None`.
+fn spec_ordinal(s: &str) -> Option<Option<usize>> {
+    if s == "cpu" {
+        return Some(None);
+    }
+    match s.strip_prefix("cuda")? {
+        "" => Some(Some(0)),
+        rest => rest.strip_prefix(':')?.parse().ok().map(Some),
     }
 }
 

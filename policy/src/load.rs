@@ -73,15 +73,19 @@ impl RateDefaults {
     /// These defaults with any invalid value replaced by the built-in one,
     /// so that predictions never divide by zero or produce NaN.
     pub fn sanitized(&self) -> RateDefaults {
-        let d = RateDefaults::default();
+        self.or_from(&RateDefaults::default())
+    }
+
+    /// These rates with any invalid one replaced from `d`: `a` when not
+    /// finite and positive; `b` when `a` was replaced (they are measured
+    /// together) or not finite and non-negative; a bandwidth not finite and
+    /// positive; a zero chunk size or KV size.
+    fn or_from(&self, d: &RateDefaults) -> RateDefaults {
         let a_ok = self.compute_a.is_finite() && self.compute_a > 0.0;
+        let b_ok = a_ok && self.compute_b.is_finite() && self.compute_b >= 0.0;
         RateDefaults {
             compute_a: if a_ok { self.compute_a } else { d.compute_a },
-            compute_b: if a_ok && self.compute_b.is_finite() && self.compute_b >= 0.0 {
-                self.compute_b
-            } else {
-                d.compute_b
-            },
+            compute_b: if b_ok { self.compute_b } else { d.compute_b },
             bandwidth: if self.bandwidth.is_finite() && self.bandwidth > 0.0 {
                 self.bandwidth
             } else {
@@ -102,21 +106,22 @@ impl WorkerLoad {
     /// unknown when not finite and positive; `b` is taken only with a known
     /// `a` (they are measured together) and when finite and non-negative.
     pub fn resolved(&self, defaults: &RateDefaults) -> WorkerLoad {
-        let d = defaults.sanitized();
-        let a_ok = self.compute_a.is_finite() && self.compute_a > 0.0;
-        let b_ok = a_ok && self.compute_b.is_finite() && self.compute_b >= 0.0;
+        let r = RateDefaults {
+            compute_a: self.compute_a,
+            compute_b: self.compute_b,
+            bandwidth: self.bandwidth,
+            chunk_tokens: self.chunk_tokens,
+            kv_bytes_per_token: self.kv_bytes_per_token,
+        }
+        .or_from(&defaults.sanitized());
         WorkerLoad {
             queued_compute_tokens: self.queued_compute_tokens,
             queued_io_bytes: self.queued_io_bytes,
-            compute_a: if a_ok { self.compute_a } else { d.compute_a },
-            compute_b: if b_ok { self.compute_b } else { d.compute_b },
-            bandwidth: if self.bandwidth.is_finite() && self.bandwidth > 0.0 {
-                self.bandwidth
-            } else {
-                d.bandwidth
-            },
-            chunk_tokens: nonzero_or(self.chunk_tokens, d.chunk_tokens),
-            kv_bytes_per_token: nonzero_or(self.kv_bytes_per_token, d.kv_bytes_per_token),
+            compute_a: r.compute_a,
+            compute_b: r.compute_b,
+            bandwidth: r.bandwidth,
+            chunk_tokens: r.chunk_tokens,
+            kv_bytes_per_token: r.kv_bytes_per_token,
         }
     }
 

@@ -276,18 +276,14 @@ impl EncodedChunk {
         Ok(())
     }
 
-    /// Checks the chunk against `ctx` and makes its KV ready on `device`.
-    /// On a GPU, bf16 and f16 payloads go up as they are (half the bytes
-    /// of f32) and are widened there; other codecs, and the CPU, decode on
-    /// the host first.
-    pub(crate) fn decode_to_device(
+    /// Makes the KV of a chunk that passed [`EncodedChunk::check`] ready
+    /// on `device`. On a GPU, bf16 and f16 payloads go up as they are
+    /// (half the bytes of f32) and are widened there; other codecs, and
+    /// the CPU, decode on the host first.
+    pub(crate) fn checked_to_device(
         &self,
-        ctx: &ChunkContext,
-        index: u32,
         device: cake_kernels::Device,
     ) -> Result<crate::cache::DeviceChunk, crate::EngineError> {
-        self.check(ctx, index)
-            .map_err(|e| crate::EngineError::KvLayout(e.to_string()))?;
         let h = &self.header;
         let bf16 = match h.codec {
             Codec::Bf16 => Some(true),
@@ -310,7 +306,7 @@ impl EncodedChunk {
             }
             _ => {
                 let chunk = self
-                    .decode(ctx, index)
+                    .checked_decode()
                     .map_err(|e| crate::EngineError::KvLayout(e.to_string()))?;
                 crate::cache::DeviceChunk::from_host(&chunk, device)
             }
@@ -320,6 +316,11 @@ impl EncodedChunk {
     /// Checks the chunk against `ctx` and decodes it.
     pub fn decode(&self, ctx: &ChunkContext, index: u32) -> Result<KvChunk, FormatError> {
         self.check(ctx, index)?;
+        self.checked_decode()
+    }
+
+    /// Decodes a chunk that passed [`EncodedChunk::check`].
+    pub(crate) fn checked_decode(&self) -> Result<KvChunk, FormatError> {
         let mut chunk = KvChunk::zeros(self.header.layout, self.header.tokens as usize);
         self.decode_payload(&mut chunk.data)?;
         Ok(chunk)

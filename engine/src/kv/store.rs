@@ -79,24 +79,15 @@ pub async fn load_chunk(
     ctx: &ChunkContext,
     index: u32,
 ) -> Option<KvChunk> {
-    let chunk = store.get(key).await?;
-    match chunk.decode(ctx, index) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(%key, index, error = %e, "stored KV chunk fails the reader's checks; deleting it");
-            telemetry::corrupt(store.name());
-            if let Err(e) = store.delete(key).await {
-                tracing::debug!(%key, error = %e, "could not delete a corrupt chunk");
-            }
-            None
-        }
-    }
+    get_checked(store, key, ctx, index)
+        .await?
+        .checked_decode()
+        .ok()
 }
 
 /// Like [`load_chunk`], but the KV lands on `device` as the cache's
 /// tensors (on a GPU: uploaded on the copy stream, bf16/f16 widened
-/// there). A chunk failing the checks is deleted and counted as corrupt; a
-/// device failure is logged; both read as a miss.
+/// there). A device failure is logged and reads as a miss too.
 pub(crate) async fn load_chunk_to(
     store: &dyn KvStore,
     key: ChunkKey,
@@ -104,6 +95,25 @@ pub(crate) async fn load_chunk_to(
     index: u32,
     device: cake_kernels::Device,
 ) -> Option<crate::cache::DeviceChunk> {
+    let chunk = get_checked(store, key, ctx, index).await?;
+    match chunk.checked_to_device(device) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(%key, index, error = %e, "could not make a loaded chunk ready on the device");
+            None
+        }
+    }
+}
+
+/// The stored chunk under `key` when it passes the reader's checks for
+/// `ctx` and `index`; one that fails them is deleted and counted as
+/// corrupt.
+async fn get_checked(
+    store: &dyn KvStore,
+    key: ChunkKey,
+    ctx: &ChunkContext,
+    index: u32,
+) -> Option<EncodedChunk> {
     let chunk = store.get(key).await?;
     if let Err(e) = chunk.check(ctx, index) {
         tracing::warn!(%key, index, error = %e, "stored KV chunk fails the reader's checks; deleting it");
@@ -113,13 +123,7 @@ pub(crate) async fn load_chunk_to(
         }
         return None;
     }
-    match chunk.decode_to_device(ctx, index, device) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(%key, index, error = %e, "could not make a loaded chunk ready on the device");
-            None
-        }
-    }
+    Some(chunk)
 }
 
 /// Errors of writes and deletes (reads turn every failure into a miss).

@@ -116,13 +116,7 @@ impl Config {
         self.engine.validate().map_err(engine_error)?;
         // Any build accepts a GPU's spelling (one without `cuda`, or
         // without a GPU, serves on the CPU and says why at start).
-        let dev = self.engine.device.trim();
-        let gpu = dev.strip_prefix("cuda").is_some_and(|r| {
-            r.is_empty()
-                || r.strip_prefix(':')
-                    .is_some_and(|n| n.parse::<usize>().is_ok())
-        });
-        if dev != "cpu" && !gpu {
+        if !cake_engine::Device::is_valid_spec(&self.engine.device) {
             return Err(invalid(
                 "engine.device",
                 &self.engine.device,
