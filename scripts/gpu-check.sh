@@ -13,10 +13,13 @@
 #      $CONTEXTS, stored chunks in bf16, a throttled link at `auto`
 #      bandwidths (0.1x to 10x the balanced point) and at the paper's
 #      7, 25 and 100 Gbps;
-#   4. writes everything to $OUT_DIR (default gpu-results/), eight files:
+#   4. runs `cake bench mixed` at the paper's size (one 16K-token cached
+#      request among 22 fresh ones of 32-448 tokens, batched steps of
+#      $BUDGET tokens), FCFS against the adaptive order;
+#   5. writes everything to $OUT_DIR (default gpu-results/), eight files:
 #      steps.log (nvidia-smi, each step's exit status), tests.log,
-#      prefill.json, prefill.txt, ttft.json, ttft.txt, ttft.svg,
-#      ttft-gbps.txt.
+#      prefill.json, prefill.txt, ttft.json, ttft.txt (auto bandwidths,
+#      then 7/25/100 Gbps), ttft.svg, mixed.txt.
 #
 # Usage: scripts/gpu-check.sh            (from the repository root)
 set -uo pipefail
@@ -25,6 +28,7 @@ OUT=${OUT_DIR:-gpu-results}
 LAYERS=${LAYERS:-8}
 CONTEXTS=${CONTEXTS:-4096,8192,16384}
 CHUNK=${CHUNK:-512}
+BUDGET=${BUDGET:-2048}
 DATA=${DATA_DIR:-/tmp/cake-gpu-data}
 mkdir -p "$OUT" "$DATA"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
@@ -79,6 +83,11 @@ echo "ttft exit $?" | tee -a "$OUT/steps.log"
 log "bench ttft, 7/25/100 Gbps"
 timeout 120 "$BIN/cake" bench ttft "${MODEL[@]}" --context 8192 --chunk "$CHUNK" \
   --codec bf16 --io-depth 2 --bandwidth 0.875G,3.125G,12.5G --repeat 1 \
-  > "$OUT/ttft-gbps.txt" 2>&1
+  >> "$OUT/ttft.txt" 2>&1
 echo "ttft-gbps exit $?" | tee -a "$OUT/steps.log"
+
+log "bench mixed (16K cached + 22 fresh, budget $BUDGET)"
+timeout 150 "$BIN/cake" bench mixed "${MODEL[@]}" --cached-tokens 16384 --chunk "$CHUNK" \
+  --token-budget "$BUDGET" --repeat 3 > "$OUT/mixed.txt" 2>&1
+echo "mixed exit $?" | tee -a "$OUT/steps.log"
 log "done"

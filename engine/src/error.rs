@@ -29,4 +29,8 @@ pub enum EngineError {
     Kernel(#[from] cake_kernels::KernelError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A batched step failed as a whole (a device fault): every request in
+    /// it gets this, with the cause.
+    #[error("step failed: {0}")]
+    Step(String),
 }

@@ -127,6 +127,48 @@ impl<'a> Timer<'a> {
     }
 }
 
+/// Which logits a [`BatchItem`] wants back from [`Model::forward_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prefill chunk whose logits nobody reads).
+    None,
+    /// The last token's (the end of a prompt, a decode step).
+    Last,
+    /// Every token's (prompt logprobs).
+    All,
+}
+
+/// One sequence's part of a batched step.
+pub struct BatchItem<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// `t` cut along its first dimension into pieces of `lens` rows (no copy
+/// for a single piece).
+fn split_rows(t: Tensor, lens: &[usize]) -> Result<Vec<Tensor>, EngineError> {
+    if lens.len() == 1 {
+        return Ok(vec![t]);
+    }
+    let mut out = Vec::with_capacity(lens.len());
+    let mut off = 0;
+    for &n in lens {
+        out.push(t.rows(off, off + n)?);
+        off += n;
+    }
+    Ok(out)
+}
+
+/// The inverse of [`split_rows`] (no copy for a single piece).
+fn stack_rows(mut parts: Vec<Tensor>) -> Result<Tensor, EngineError> {
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    Ok(Tensor::cat_rows(&refs)?)
+}
+
 /// What a prefill produced.
 #[derive(Debug, Clone)]
 pub struct PrefillOutput {
@@ -235,7 +277,25 @@ impl Model {
         self.cfg.max_position_embeddings
     }
 
-    fn check_tokens(&self, cache: &KvCache, tokens: &[u32]) -> Result<(), EngineError> {
+    /// Floating-point operations of running `n` tokens at positions
+    /// `pos0..` (dense layers and attention) plus `logit_rows` rows of the
+    /// LM head: how a batched step's time is shared among its sequences.
+    pub fn step_flops(&self, pos0: usize, n: usize, logit_rows: usize) -> f64 {
+        let c = &self.cfg;
+        let n = n as f64;
+        // QKᵀ and PV: 2 flops per multiply-add, each query against the keys
+        // up to its own position.
+        let keys = pos0 as f64 + (n + 1.0) / 2.0;
+        let attention = 4.0 * (c.num_heads * c.head_dim * c.num_layers) as f64 * n * keys;
+        let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * logit_rows as f64;
+        n * c.dense_flops_per_token() + attention + head
+    }
+
+    /// Checks that `tokens` can run after what `cache` holds: the cache
+    /// fits this model and device, the context has room, every id is in
+    /// the vocabulary. Every forward checks this; a batch checks each
+    /// sequence first so that one bad sequence fails alone.
+    pub fn check_input(&self, cache: &KvCache, tokens: &[u32]) -> Result<(), EngineError> {
         if cache.layout() != self.layout() || cache.device() != self.device {
             return Err(EngineError::KvLayout(
                 "the KV cache was made for another model or device".into(),
@@ -257,52 +317,91 @@ impl Model {
         Ok(())
     }
 
-    /// Runs `tokens` at positions `cache.len()..`, appends their KV to the
-    /// cache as one chunk, and returns the final normalised hidden states
-    /// `[n, hidden]`.
-    fn forward_hidden(
+    /// Runs every item's tokens at positions `cache.len()..` of its own
+    /// cache, appends their KV to that cache as one chunk, and returns the
+    /// final normalised hidden states of all items' rows, stacked in item
+    /// order, `[total tokens, hidden]`.
+    ///
+    /// Items share every op that treats rows independently (embedding,
+    /// norms, the dense layers): one GEMM per weight for the whole batch,
+    /// which reads each weight once however many sequences the step holds.
+    /// RoPE and attention run per item, against that item's cache. Rows do
+    /// not depend on the batch (the CPU GEMM's rows are independent of its
+    /// row count), so a batched row is bitwise the row run alone on the CPU.
+    fn forward_hidden_batch(
         &self,
-        cache: &mut KvCache,
-        tokens: &[u32],
+        items: &mut [BatchItem<'_>],
         prof: Option<&mut Profile>,
     ) -> Result<Tensor, EngineError> {
-        self.check_tokens(cache, tokens)?;
+        if items.is_empty() {
+            return Err(EngineError::BadRequest("no sequences to run".into()));
+        }
+        for it in items.iter() {
+            if it.tokens.is_empty() {
+                return Err(EngineError::BadRequest("no tokens to run".into()));
+            }
+            self.check_input(it.cache, it.tokens)?;
+        }
+        let lens: Vec<usize> = items.iter().map(|it| it.tokens.len()).collect();
+        let total: usize = lens.iter().sum();
         let mut tm = Timer::new(prof, self.device);
-        let dense_flops =
-            tokens.len() as f64 * self.cfg.dense_flops_per_token() / self.cfg.num_layers as f64;
-        let n = tokens.len();
-        let pos0 = cache.len();
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut x = ops::embedding(&self.embed, tokens)?;
-        let mut new_k = Vec::with_capacity(c.num_layers);
-        let mut new_v = Vec::with_capacity(c.num_layers);
+        let mut x = if items.len() == 1 {
+            ops::embedding(&self.embed, items[0].tokens)?
+        } else {
+            let ids: Vec<u32> = items
+                .iter()
+                .flat_map(|it| it.tokens.iter().copied())
+                .collect();
+            ops::embedding(&self.embed, &ids)?
+        };
+        let mut new_k: Vec<Vec<Tensor>> = items
+            .iter()
+            .map(|_| Vec::with_capacity(c.num_layers))
+            .collect();
+        let mut new_v = new_k.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
             tm.lap(Part::Other);
-            let mut qkv = ops::matmul_t_many(&hn, &[&layer.wq, &layer.wk, &layer.wv])?.into_iter();
-            let mut next = |shape: &[usize]| -> Result<Tensor, EngineError> {
-                let t = qkv.next().ok_or_else(|| {
-                    EngineError::KvLayout("matmul_t_many returned too few outputs".into())
-                })?;
-                Ok(t.reshape(shape)?)
-            };
-            let mut q = next(&[n, nh, hd])?;
-            let mut k = next(&[n, nkv, hd])?;
-            let v = next(&[n, nkv, hd])?;
+            let [q, k, v]: [Tensor; 3] =
+                ops::matmul_t_many(&hn, &[&layer.wq, &layer.wk, &layer.wv])?
+                    .try_into()
+                    .map_err(|_| {
+                        EngineError::KvLayout("matmul_t_many returned too few outputs".into())
+                    })?;
+            let (qs, ks, vs) = (
+                split_rows(q, &lens)?,
+                split_rows(k, &lens)?,
+                split_rows(v, &lens)?,
+            );
             tm.lap(Part::Dense);
-            ops::rope_inplace(&mut q, pos0, &self.rope)?;
-            ops::rope_inplace(&mut k, pos0, &self.rope)?;
-            tm.lap(Part::Other);
-            let attn = {
-                let (mut ks, mut vs) = cache.layer_views(l);
-                ks.push(&k);
-                vs.push(&v);
-                ops::attention(&q, pos0, &ks, &vs, scale)?
-            };
-            tm.lap(Part::Attention);
-            let o = ops::matmul_t(&attn.reshape(&[n, nh * hd])?, &layer.wo)?;
+            let mut outs = Vec::with_capacity(items.len());
+            for (j, ((it, q), (k, v))) in
+                items.iter().zip(qs).zip(ks.into_iter().zip(vs)).enumerate()
+            {
+                let n = lens[j];
+                let pos0 = it.cache.len();
+                let mut q = q.reshape(&[n, nh, hd])?;
+                let mut k = k.reshape(&[n, nkv, hd])?;
+                let v = v.reshape(&[n, nkv, hd])?;
+                ops::rope_inplace(&mut q, pos0, &self.rope)?;
+                ops::rope_inplace(&mut k, pos0, &self.rope)?;
+                tm.lap(Part::Other);
+                let attn = {
+                    let (mut kv_k, mut kv_v) = it.cache.layer_views(l);
+                    kv_k.push(&k);
+                    kv_v.push(&v);
+                    ops::attention(&q, pos0, &kv_k, &kv_v, scale)?
+                };
+                tm.lap(Part::Attention);
+                outs.push(attn.reshape(&[n, nh * hd])?);
+                new_k[j].push(k);
+                new_v[j].push(v);
+            }
+            let attn = stack_rows(outs)?;
+            let o = ops::matmul_t(&attn, &layer.wo)?;
             tm.lap(Part::Dense);
             ops::add_inplace(&mut x, &o)?;
             let hn = ops::rms_norm(&x, &layer.post_norm, c.rms_norm_eps)?;
@@ -318,17 +417,82 @@ impl Model {
             let down = ops::matmul_t(&act, &layer.w_down)?;
             tm.lap(Part::Dense);
             ops::add_inplace(&mut x, &down)?;
-            new_k.push(k);
-            new_v.push(v);
         }
-        cache.push_device_chunk(DeviceChunk {
-            tokens: n,
-            k: new_k,
-            v: new_v,
-        });
+        for ((it, k), v) in items.iter_mut().zip(new_k).zip(new_v) {
+            it.cache.push_device_chunk(DeviceChunk {
+                tokens: it.tokens.len(),
+                k,
+                v,
+            });
+        }
         let out = ops::rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         tm.lap(Part::Other);
-        tm.finish(dense_flops * c.num_layers as f64);
+        tm.finish(total as f64 * c.dense_flops_per_token());
+        Ok(out)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their KV to the
+    /// cache as one chunk, and returns the final normalised hidden states
+    /// `[n, hidden]`.
+    fn forward_hidden(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        prof: Option<&mut Profile>,
+    ) -> Result<Tensor, EngineError> {
+        let mut one = [BatchItem {
+            cache,
+            tokens,
+            logits: Logits::None,
+        }];
+        self.forward_hidden_batch(&mut one, prof)
+    }
+
+    /// One step of several sequences: runs each item's tokens after what
+    /// its cache holds (see `forward_hidden_batch` for what is shared) and
+    /// returns, per item, the logits it asked for: `[1, vocab]` for
+    /// [`Logits::Last`], `[n, vocab]` for [`Logits::All`], `None` for
+    /// [`Logits::None`]. The LM head runs once, on the wanted rows only.
+    /// Waits for the device, so the call's duration is the step's.
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Result<Vec<Option<Tensor>>, EngineError> {
+        let h = self.forward_hidden_batch(items, None)?;
+        let counts: Vec<usize> = items
+            .iter()
+            .map(|it| match it.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => it.tokens.len(),
+            })
+            .collect();
+        let mut wanted = Vec::new();
+        if counts.iter().sum::<usize>() == h.shape()[0] {
+            // Every row is wanted: no copy.
+            wanted.push(h);
+        } else {
+            let mut off = 0;
+            for (it, &rows) in items.iter().zip(&counts) {
+                let n = it.tokens.len();
+                if rows > 0 {
+                    wanted.push(h.rows(off + n - rows, off + n)?);
+                }
+                off += n;
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        if wanted.is_empty() {
+            out.resize(items.len(), None);
+        } else {
+            let logits = self.lm_head(&stack_rows(wanted)?)?;
+            let lens: Vec<usize> = counts.iter().copied().filter(|&r| r > 0).collect();
+            let mut parts = split_rows(logits, &lens)?.into_iter();
+            for &r in &counts {
+                out.push(if r > 0 { parts.next() } else { None });
+            }
+        }
+        self.device.synchronize()?;
         Ok(out)
     }
 
@@ -408,7 +572,7 @@ impl Model {
                 "chunk_tokens must be positive".into(),
             ));
         }
-        self.check_tokens(cache, tokens)?;
+        self.check_input(cache, tokens)?;
         let mut done = 0;
         while done < tokens.len() {
             let pos = cache.len();

@@ -97,6 +97,118 @@ fn model_on_each_device_matches_cpu() {
     }
 }
 
+/// One batched step of four sequences — a decode, a prefill wanting
+/// every row's logits, a mid-prompt chunk wanting none, a prompt's last
+/// piece — gives each sequence what running it alone gives: the same
+/// logits and the same KV (bitwise on the CPU, where GEMM rows do not
+/// depend on the row count; 1e-3 on a GPU), and one bad sequence is
+/// refused before anything runs.
+#[test]
+fn batched_step_matches_each_sequence_alone() {
+    use cake_engine::{BatchItem, Logits};
+    let (_tmp, dir) = checkpoint();
+    for d in devices() {
+        let m = Model::load(&dir, d).unwrap();
+        let v = m.config().vocab_size;
+        let histories = [40usize, 23, 0, 16];
+        let steps: [(usize, Logits); 4] = [
+            (1, Logits::Last),
+            (9, Logits::All),
+            (16, Logits::None),
+            (5, Logits::Last),
+        ];
+        let prompts: Vec<Vec<u32>> = (0..4)
+            .map(|i| prompt(histories[i] + steps[i].0, 20 + i as u64, v))
+            .collect();
+        let fresh_caches = || -> Vec<_> {
+            (0..4)
+                .map(|i| {
+                    let mut c = m.new_cache();
+                    if histories[i] > 0 {
+                        m.prefill(&mut c, &prompts[i][..histories[i]], CHUNK)
+                            .unwrap();
+                    }
+                    c
+                })
+                .collect()
+        };
+        // Alone.
+        let mut alone = fresh_caches();
+        let mut want = Vec::new();
+        for (i, cache) in alone.iter_mut().enumerate() {
+            let toks = &prompts[i][histories[i]..];
+            want.push(match steps[i].1 {
+                Logits::None => {
+                    m.forward_no_logits(cache, toks).unwrap();
+                    None
+                }
+                Logits::Last => Some(m.forward_last(cache, toks).unwrap()),
+                Logits::All => Some(m.forward(cache, toks).unwrap().into_vec().unwrap()),
+            });
+        }
+        // Batched.
+        let mut batched = fresh_caches();
+        let mut items: Vec<BatchItem<'_>> = batched
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| BatchItem {
+                cache,
+                tokens: &prompts[i][histories[i]..],
+                logits: steps[i].1,
+            })
+            .collect();
+        let got = m.forward_batch(&mut items).unwrap();
+        drop(items);
+        let tol = if d.is_cpu() { 0.0 } else { 1e-3 };
+        for i in 0..4 {
+            let got = got[i].as_ref().map(|t| t.to_vec().unwrap());
+            assert_eq!(got.is_some(), want[i].is_some(), "{d}: sequence {i}");
+            if let (Some(g), Some(w)) = (&got, &want[i]) {
+                assert_eq!(g.len(), w.len(), "{d}: sequence {i} logits shape");
+                let rel = max_diff(g, w) / scale(w);
+                eprintln!("{d}: batched vs alone, sequence {i}: logits {rel:.2e}");
+                assert!(rel <= tol, "{d}: sequence {i} logits differ by {rel:e}");
+            }
+            assert_eq!(batched[i].chunk_lens(), alone[i].chunk_lens());
+            for c in 0..alone[i].num_chunks() {
+                let (a, b) = (
+                    alone[i].chunk(c).unwrap().unwrap(),
+                    batched[i].chunk(c).unwrap().unwrap(),
+                );
+                for l in 0..m.config().num_layers {
+                    let rel = max_diff(a.k(l), b.k(l)).max(max_diff(a.v(l), b.v(l)))
+                        / scale(a.k(l)).max(scale(a.v(l)));
+                    assert!(
+                        rel <= tol,
+                        "{d}: sequence {i} chunk {c} layer {l} KV: {rel:e}"
+                    );
+                }
+            }
+        }
+
+        // A token outside the vocabulary: refused, no cache touched.
+        let mut caches = fresh_caches();
+        let bad = [v as u32];
+        let lens: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let mut items: Vec<BatchItem<'_>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| BatchItem {
+                cache,
+                tokens: if i == 2 {
+                    &bad
+                } else {
+                    &prompts[i][histories[i]..]
+                },
+                logits: Logits::Last,
+            })
+            .collect();
+        assert!(m.forward_batch(&mut items).is_err());
+        drop(items);
+        assert_eq!(caches.iter().map(|c| c.len()).collect::<Vec<_>>(), lens);
+    }
+}
+
 fn request(prompt: &[u32], strategy: Strategy) -> WorkRequest {
     WorkRequest {
         id: "t".into(),

@@ -329,3 +329,65 @@ async fn a_waiting_higher_priority_request_runs_first() {
     let pos = |l| order.iter().position(|&x| x == l).unwrap();
     assert!(pos("high") < pos("low"), "{order:?}");
 }
+
+/// Requests that share steps (each step runs all of them as one batched
+/// forward) produce exactly what each produces alone: tokens, logprobs and
+/// prompt logprobs, bitwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_steps_match_each_alone_bitwise() {
+    let f = fixture();
+    let vocab = f.tokenizer.vocab_size();
+    let reqs: Vec<WorkRequest> = [5usize, 16, 37, 70, 1, 23]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut r = request(&prompt(n, 40 + i as u64, vocab), None);
+            r.id = format!("r{i}");
+            r.options.prompt_logprobs = i % 2 == 0;
+            r.options.max_tokens = 3 + i;
+            r
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for r in &reqs {
+        let engine = storeless_engine(&f, config(Strategy::Compute));
+        alone.push(collect(&engine, r.clone()).await);
+    }
+    let engine = storeless_engine(&f, config(Strategy::Compute));
+    let rxs: Vec<_> = reqs
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let got = drain(rx).await;
+        assert_eq!(got, alone[i], "request {i}");
+    }
+}
+
+/// Every event's content as text (tokens, logprobs, prompt logprobs), the
+/// usage's timing left out.
+async fn collect(engine: &Engine, req: WorkRequest) -> Vec<String> {
+    drain(engine.submit(req).unwrap()).await
+}
+
+async fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<WorkEvent>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("no event within 30 s")
+            .expect("stream ended without Done");
+        match ev {
+            WorkEvent::Token(t) => out.push(format!("{t:?}")),
+            WorkEvent::PromptLogprobs { logprobs } => out.push(format!("{logprobs:?}")),
+            WorkEvent::Done { usage, .. } => {
+                out.push(format!(
+                    "{} {}",
+                    usage.prompt_tokens, usage.completion_tokens
+                ));
+                return out;
+            }
+            WorkEvent::Error { message, .. } => panic!("request failed: {message}"),
+        }
+    }
+}

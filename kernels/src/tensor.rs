@@ -398,6 +398,57 @@ impl Tensor {
         Ok(Tensor { shape, storage })
     }
 
+    /// Stacks tensors along the first dimension (their other dimensions
+    /// must match, all on one device): the inverse of [`Tensor::rows`].
+    pub fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {
+        let Some(first) = parts.first() else {
+            return Err(shape_err("cat_rows", "no tensors to stack"));
+        };
+        let tail = &first.shape[1..];
+        let device = first.device();
+        let mut rows = 0;
+        for p in parts {
+            if p.shape.is_empty() || &p.shape[1..] != tail || p.device() != device {
+                return Err(shape_err(
+                    "cat_rows",
+                    format!(
+                        "{:?} on {} does not stack onto {:?} on {device}",
+                        p.shape,
+                        p.device(),
+                        first.shape
+                    ),
+                ));
+            }
+            rows += p.shape[0];
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        let storage = match device {
+            Device::Cpu => {
+                let mut v = Vec::with_capacity(rows * tail.iter().product::<usize>());
+                for p in parts {
+                    v.extend_from_slice(p.cpu());
+                }
+                Storage::Cpu(v)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => {
+                let bufs: Vec<&Buf> = parts
+                    .iter()
+                    .filter_map(|p| match &p.storage {
+                        Storage::Cuda { buf, .. } => Some(buf),
+                        Storage::Cpu(_) => None,
+                    })
+                    .collect();
+                Storage::Cuda {
+                    ordinal: o,
+                    buf: cuda::backend(o)?.concat(&bufs)?,
+                }
+            }
+        };
+        Ok(Tensor { shape, storage })
+    }
+
     /// Host data; empty for a tensor elsewhere (ops call this only in
     /// their CPU arm, after checking the device).
     pub(crate) fn cpu(&self) -> &[f32] {

@@ -85,3 +85,15 @@ pub async fn fill_store(
         "the store did not take the prompt's chunks (is it too small?)".into(),
     ))
 }
+
+/// The median (the mean of the middle two for an even count; 0 when
+/// empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}

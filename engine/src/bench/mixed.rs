@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::common::{bench_request, fill_store, random_prompt, run_request};
+use super::common::{bench_request, fill_store, median, random_prompt, run_request};
 use crate::kv::{KvStore, Link, MemoryStore, ThrottledStore};
 use crate::worker::{BudgetOrder, Engine, EngineConfig, Strategy};
 use crate::{EngineError, Model, Rng, Tokenizer};
@@ -30,6 +30,9 @@ pub struct MixedBench {
     pub bandwidth: f64,
     pub engine: EngineConfig,
     pub seed: u64,
+    /// Runs of each order, alternating which goes first; the medians are
+    /// reported (the machine is noisy).
+    pub repeat: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,11 +50,15 @@ pub struct OrderResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MixedReport {
+    /// Median total time of each order over the runs.
     pub fcfs_s: f64,
     pub adaptive_s: f64,
     /// `fcfs_s / adaptive_s`: the throughput gain of the adaptive order.
     pub speedup: f64,
+    /// The same ratio within each back-to-back pair of runs.
+    pub pair_speedups: Vec<f64>,
     pub bandwidth_bytes_per_s: f64,
+    /// Every run, in the order they ran.
     pub runs: Vec<OrderResult>,
 }
 
@@ -143,32 +150,58 @@ pub async fn run(
     }
     progress(&format!("link {:.2} GB/s", bw / 1e9));
     let mut runs = Vec::new();
-    for order in [BudgetOrder::Fcfs, BudgetOrder::Adaptive] {
-        let link = Arc::new(Link::new(bw as u64, Duration::ZERO));
-        let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem.clone(), link, false));
-        let r = run_order(
-            &model,
-            &tokenizer,
-            store,
-            EngineConfig {
-                order,
-                ..cfg.clone()
-            },
-            &cached,
-            &fresh,
-            bench.max_tokens,
-        )
-        .await?;
-        progress(&format!(
-            "{}: all done in {:.2} s (cached request loaded {} tokens)",
-            r.order, r.total_s, r.cached_loaded_tokens
-        ));
-        runs.push(r);
+    let (mut fcfs, mut adaptive, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..bench.repeat.max(1) {
+        let orders = if round % 2 == 0 {
+            [BudgetOrder::Fcfs, BudgetOrder::Adaptive]
+        } else {
+            [BudgetOrder::Adaptive, BudgetOrder::Fcfs]
+        };
+        let mut pair = [0.0; 2];
+        for order in orders {
+            let link = Arc::new(Link::new(bw as u64, Duration::ZERO));
+            let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem.clone(), link, false));
+            let r = run_order(
+                &model,
+                &tokenizer,
+                store,
+                EngineConfig {
+                    order,
+                    ..cfg.clone()
+                },
+                &cached,
+                &fresh,
+                bench.max_tokens,
+            )
+            .await?;
+            progress(&format!(
+                "run {}/{}: {} all done in {:.2} s (cached request loaded {} tokens)",
+                round + 1,
+                bench.repeat.max(1),
+                r.order,
+                r.total_s,
+                r.cached_loaded_tokens
+            ));
+            match order {
+                BudgetOrder::Fcfs => {
+                    pair[0] = r.total_s;
+                    fcfs.push(r.total_s);
+                }
+                BudgetOrder::Adaptive => {
+                    pair[1] = r.total_s;
+                    adaptive.push(r.total_s);
+                }
+            }
+            runs.push(r);
+        }
+        pairs.push(pair[0] / pair[1]);
     }
+    let (fcfs_s, adaptive_s) = (median(&fcfs), median(&adaptive));
     Ok(MixedReport {
-        fcfs_s: runs[0].total_s,
-        adaptive_s: runs[1].total_s,
-        speedup: runs[0].total_s / runs[1].total_s,
+        fcfs_s,
+        adaptive_s,
+        speedup: fcfs_s / adaptive_s,
+        pair_speedups: pairs,
         bandwidth_bytes_per_s: bw,
         runs,
     })

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::common::{bench_request, fill_store, random_prompt, run_request};
+use super::common::{bench_request, fill_store, median, random_prompt, run_request};
 use crate::kv::{KvStore, Link, MemoryStore, ThrottledStore};
 use crate::worker::{Engine, EngineConfig, Strategy};
 use crate::{EngineError, Model, Tokenizer};
@@ -62,11 +62,6 @@ impl TtftReport {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// The oracle: the best split of the cached chunks given each chunk's
 /// measured compute time and one chunk's load time, plus the computed
 /// suffix.
@@ -117,7 +112,7 @@ pub async fn run(
                 per_chunk[i].push(t.elapsed().as_secs_f64());
             }
         }
-        let chunk_shape: Vec<f64> = per_chunk.iter_mut().map(|v| median(v)).collect();
+        let chunk_shape: Vec<f64> = per_chunk.iter().map(|v| median(v)).collect();
         let cached = (context - 1) / c; // the chunk with the last token is computed
         chunk_bytes =
             Engine::start(model.clone(), tokenizer.clone(), None, cfg.clone())?.chunk_bytes();

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::config::{BudgetOrder, EngineConfig};
-use super::seq::{Next, Phase, Seq};
+use super::seq::{Next, Phase, Piece, Seq};
 use super::stats::{ComputeMeter, IoMeter};
 use super::types::{RequestClass, WorkErrorKind, WorkEvent};
 use crate::kv::{EncodedChunk, KvStore};
-use crate::{EngineError, Model, Tokenizer};
+use crate::{EngineError, Logits, Model, Tokenizer};
 
 /// Steps whose budget use is kept for reports (a ring).
 const STEP_HISTORY: usize = 4096;
@@ -201,63 +201,133 @@ impl Scheduler {
         }
     }
 
-    /// Runs one step; returns the tokens it computed.
+    /// Runs one step; returns the tokens it computed. The budget is shared
+    /// out in [`Scheduler::order`]; every request that got a piece then
+    /// runs in one batched forward ([`Model::forward_batch`]), so a step's
+    /// decode tokens and short prefills read each weight once.
     fn step(&mut self) -> usize {
         let budget_total = self.cfg.token_budget;
         let mut budget = budget_total;
         let steal = self.steal_rule();
-        let mut results = Vec::new();
+        let mut picked: Vec<(usize, Piece)> = Vec::new();
+        let mut failed: Vec<(usize, EngineError)> = Vec::new();
         for i in self.order() {
             if budget == 0 {
                 break;
             }
-            let (model, tok) = (self.model.clone(), self.tokenizer.clone());
-            let seq = &mut self.active[i];
-            let res = (|| -> Result<bool, EngineError> {
-                match seq.next(&steal)? {
-                    Next::Finished | Next::Blocked => Ok(false),
-                    Next::Decode => {
-                        seq.run_decode(&model, &tok)?;
-                        budget -= 1;
-                        Ok(false)
-                    }
-                    Next::Prefill { start, end } => {
-                        let n = end - start;
-                        if n > budget {
-                            return Ok(false);
-                        }
-                        let t = Instant::now();
-                        let done = seq.run_prefill(&model, &tok, start, end)?;
-                        self.shared.compute.record(
-                            start / seq.chunk_tokens,
-                            n,
-                            seq.chunk_tokens,
-                            t.elapsed().as_secs_f64(),
-                        );
-                        budget -= n;
-                        Ok(done)
-                    }
+            match self.active[i].next(&steal) {
+                Err(e) => failed.push((i, e)),
+                Ok(Next::Finished | Next::Blocked) => {}
+                Ok(Next::Decode) => {
+                    picked.push((i, Piece::Decode));
+                    budget -= 1;
                 }
-            })();
-            results.push((i, res));
-        }
-        drop(steal);
-        for (i, res) in results {
-            match res {
-                Ok(true) => self.write_back(i),
-                Ok(false) => {}
-                Err(e) => {
-                    let seq = &mut self.active[i];
-                    tracing::warn!(id = %seq.req.id, error = %e, "request failed on the worker");
-                    seq.send(WorkEvent::Error {
-                        kind: error_kind(&e),
-                        message: e.to_string(),
-                    });
-                    seq.phase = Phase::Done;
+                Ok(Next::Prefill { start, end }) => {
+                    // A piece that does not fit waits (its chunk stays
+                    // claimed) for a step with room.
+                    if end - start <= budget {
+                        picked.push((i, Piece::Prefill { start, end }));
+                        budget -= end - start;
+                    }
                 }
             }
         }
-        budget_total - budget
+        drop(steal);
+        let used = self.run_batch(picked, &mut failed);
+        for (i, e) in failed {
+            let seq = &mut self.active[i];
+            tracing::warn!(id = %seq.req.id, error = %e, "request failed on the worker");
+            seq.send(WorkEvent::Error {
+                kind: error_kind(&e),
+                message: e.to_string(),
+            });
+            seq.phase = Phase::Done;
+        }
+        debug_assert!(used <= budget_total - budget);
+        used
+    }
+
+    /// Runs the step's pieces as one batch and hands each request its
+    /// result; requests whose piece cannot run go to `failed` (one bad
+    /// request never fails the others; a device fault fails the batch).
+    /// Returns the tokens computed.
+    fn run_batch(
+        &mut self,
+        picked: Vec<(usize, Piece)>,
+        failed: &mut Vec<(usize, EngineError)>,
+    ) -> usize {
+        if picked.is_empty() {
+            return 0;
+        }
+        let model = self.model.clone();
+        let mut seqs: Vec<Option<&mut Seq>> = self.active.iter_mut().map(Some).collect();
+        let mut items = Vec::with_capacity(picked.len());
+        let mut ran = Vec::with_capacity(picked.len());
+        // Each piece's share of the step's time, from its operation count.
+        let mut flops = Vec::with_capacity(picked.len());
+        for &(i, piece) in &picked {
+            let Some(seq) = seqs[i].take() else { continue };
+            let item = match seq.batch_item(piece) {
+                Ok(item) => item,
+                Err(e) => {
+                    failed.push((i, e));
+                    continue;
+                }
+            };
+            if let Err(e) = model.check_input(item.cache, item.tokens) {
+                failed.push((i, e));
+                continue;
+            }
+            let rows = match item.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => item.tokens.len(),
+            };
+            flops.push(model.step_flops(item.cache.len(), item.tokens.len(), rows));
+            items.push(item);
+            ran.push((i, piece));
+        }
+        if items.is_empty() {
+            return 0;
+        }
+        let t = Instant::now();
+        let out = model.forward_batch(&mut items);
+        let secs = t.elapsed().as_secs_f64();
+        drop(items);
+        drop(seqs);
+        let outs = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                for &(i, _) in &ran {
+                    failed.push((i, EngineError::Step(msg.clone())));
+                }
+                return 0;
+            }
+        };
+        let total_flops: f64 = flops.iter().sum::<f64>().max(1.0);
+        let mut used = 0;
+        for (((i, piece), logits), f) in ran.into_iter().zip(outs).zip(flops) {
+            let seq = &mut self.active[i];
+            if let Piece::Prefill { start, end } = piece {
+                self.shared.compute.record(
+                    start / seq.chunk_tokens,
+                    end - start,
+                    seq.chunk_tokens,
+                    secs * f / total_flops,
+                );
+            }
+            used += match piece {
+                Piece::Prefill { start, end } => end - start,
+                Piece::Decode => 1,
+            };
+            match seq.finish_piece(&self.tokenizer, piece, logits) {
+                Ok(true) => self.write_back(i),
+                Ok(false) => {}
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        used
     }
 
     /// Writes the full chunks this request computed and the store lacks,

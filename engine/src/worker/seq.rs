@@ -11,8 +11,29 @@ use super::types::{RequestClass, Strategy, TokenEvent, Usage, WorkEvent, WorkReq
 use crate::generate::logprob_of;
 use crate::kv::{ChunkContext, ChunkKey};
 use crate::{
-    Decoding, EngineError, GenerateOptions, KvCache, Model, SamplingParams, TokenLogprob, Tokenizer,
+    BatchItem, Decoding, EngineError, GenerateOptions, KvCache, Logits, SamplingParams,
+    TokenLogprob, Tokenizer,
 };
+use cake_kernels::Tensor;
+
+/// Work a step gives a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// Prompt tokens `start..end`.
+    Prefill { start: usize, end: usize },
+    /// One decode token.
+    Decode,
+}
+
+/// The logits a step returned for a piece that asked for them.
+fn take_logits(t: Option<Tensor>) -> Result<Vec<f32>, EngineError> {
+    match t {
+        Some(t) => Ok(t.into_vec()?),
+        None => Err(EngineError::KvLayout(
+            "a step returned no logits where they were asked for".into(),
+        )),
+    }
+}
 
 /// What a request needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,20 +191,67 @@ impl Seq {
         Ok(Next::Prefill { start, end })
     }
 
-    /// Runs a prefill piece chosen by [`Seq::next`]. Returns true when the
-    /// prompt is done (the first token was produced).
-    pub fn run_prefill(
+    /// This request's part of a batched step: the tokens of `piece` and
+    /// the logits it needs back.
+    pub fn batch_item(&mut self, piece: Piece) -> Result<BatchItem<'_>, EngineError> {
+        let (tokens, logits) = match piece {
+            Piece::Decode => {
+                let toks = self.decoding.tokens();
+                if toks.is_empty() {
+                    return Err(EngineError::BadRequest(
+                        "decode before the first token".into(),
+                    ));
+                }
+                (&toks[toks.len() - 1..], Logits::Last)
+            }
+            Piece::Prefill { start, end } => {
+                let logits = if self.req.options.prompt_logprobs {
+                    Logits::All
+                } else if end == self.prompt_len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                (&self.req.prompt[start..end], logits)
+            }
+        };
+        Ok(BatchItem {
+            cache: &mut self.cache,
+            tokens,
+            logits,
+        })
+    }
+
+    /// Takes in a step's result for `piece`: the logits asked for by
+    /// [`Seq::batch_item`]. Returns true when the prompt is done (the first
+    /// token was produced).
+    pub fn finish_piece(
         &mut self,
-        model: &Model,
+        tokenizer: &Tokenizer,
+        piece: Piece,
+        logits: Option<Tensor>,
+    ) -> Result<bool, EngineError> {
+        match piece {
+            Piece::Decode => {
+                self.logits = take_logits(logits)?;
+                self.sample(tokenizer)?;
+                Ok(false)
+            }
+            Piece::Prefill { start, end } => self.finish_prefill(tokenizer, start, end, logits),
+        }
+    }
+
+    fn finish_prefill(
+        &mut self,
         tokenizer: &Tokenizer,
         start: usize,
         end: usize,
+        logits: Option<Tensor>,
     ) -> Result<bool, EngineError> {
-        let tokens = &self.req.prompt[start..end];
         let last = end == self.prompt_len();
         if self.req.options.prompt_logprobs {
-            let logits = model.forward(&mut self.cache, tokens)?.into_vec()?;
-            let v = model.config().vocab_size;
+            let logits = take_logits(logits)?;
+            let v = logits.len() / (end - start);
             if start == 0 {
                 self.prompt_logprobs.push(None);
             }
@@ -198,9 +266,7 @@ impl Seq {
                 }
             }
         } else if last {
-            self.logits = model.forward_last(&mut self.cache, tokens)?;
-        } else {
-            model.forward_no_logits(&mut self.cache, tokens)?;
+            self.logits = take_logits(logits)?;
         }
         self.computed_tokens += end - start;
         if end - start == self.chunk_tokens && start.is_multiple_of(self.chunk_tokens) {
@@ -225,17 +291,6 @@ impl Seq {
             }
         }
         Ok(last)
-    }
-
-    /// One decode step: run the last sampled token, sample the next.
-    pub fn run_decode(&mut self, model: &Model, tokenizer: &Tokenizer) -> Result<(), EngineError> {
-        let Some(&tok) = self.decoding.tokens().last() else {
-            return Err(EngineError::BadRequest(
-                "decode before the first token".into(),
-            ));
-        };
-        self.logits = model.forward_last(&mut self.cache, &[tok])?;
-        self.sample(tokenizer)
     }
 
     fn sample(&mut self, tokenizer: &Tokenizer) -> Result<(), EngineError> {

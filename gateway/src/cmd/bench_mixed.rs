@@ -6,14 +6,12 @@ use anyhow::Context;
 use cake_engine::bench::mixed::{self, MixedBench};
 use cake_engine::worker::EngineConfig;
 
-use super::model_dir::load_bench_model;
+use super::model_dir::{BenchModel, load_bench_model_on};
 
 #[derive(clap::Args)]
 pub struct MixedArgs {
-    #[arg(long, default_value = "small")]
-    preset: String,
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    m: BenchModel,
     /// Tokens of the long cached request (the paper: 16384).
     #[arg(long, default_value_t = 4096)]
     cached_tokens: usize,
@@ -39,17 +37,21 @@ pub struct MixedArgs {
     data_dir: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Runs of each order (alternating which goes first); medians are
+    /// reported.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
 pub fn run(args: MixedArgs) -> anyhow::Result<()> {
-    let (model, tokenizer) =
-        load_bench_model(args.model.as_deref(), &args.preset, 0, &args.data_dir)?;
+    let (model, tokenizer) = load_bench_model_on(&args.m, 0, &args.data_dir)?;
     anyhow::ensure!(
         args.fresh_min >= 1 && args.fresh_min <= args.fresh_max,
         "--fresh-min must be in 1..=--fresh-max"
     );
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     let bench = MixedBench {
         cached_tokens: args.cached_tokens,
         fresh: args.fresh,
@@ -64,6 +66,7 @@ pub fn run(args: MixedArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         seed: args.seed,
+        repeat: args.repeat,
     };
     bench.engine.validate().map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -90,11 +93,17 @@ pub fn run(args: MixedArgs) -> anyhow::Result<()> {
             x.steps
         );
     }
+    let mut pairs = r.pair_speedups.clone();
+    pairs.sort_by(f64::total_cmp);
     println!(
-        "adaptive finishes {:.2}x faster than fcfs (throughput +{:.0}%), link {:.2} GB/s",
+        "adaptive finishes {:.2}x faster than fcfs (medians of {} runs each; throughput +{:.0}%), \
+         link {:.2} GB/s; per pair {:.2}..{:.2}",
         r.speedup,
+        r.pair_speedups.len(),
         (r.speedup - 1.0) * 100.0,
-        r.bandwidth_bytes_per_s / 1e9
+        r.bandwidth_bytes_per_s / 1e9,
+        pairs.first().copied().unwrap_or(0.0),
+        pairs.last().copied().unwrap_or(0.0),
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&r)?)

@@ -57,26 +57,6 @@ pub fn ensure_preset_layers(
     Ok(dir)
 }
 
-/// The model and tokenizer a benchmark runs: `model` when given, else the
-/// preset's checkpoint (created once under `data_dir`).
-pub fn load_bench_model(
-    model: Option<&Path>,
-    preset_name: &str,
-    seed: u64,
-    data_dir: &Path,
-) -> anyhow::Result<(Arc<Model>, Arc<Tokenizer>)> {
-    load_bench_model_on(
-        &BenchModel {
-            model: model.map(Path::to_path_buf),
-            preset: preset_name.to_string(),
-            layers: None,
-            device: "cpu".into(),
-        },
-        seed,
-        data_dir,
-    )
-}
-
 /// The model options every benchmark command shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchModel {

@@ -80,6 +80,32 @@ impl Backend {
         })
     }
 
+    /// One f32 buffer holding `parts` back to back (activations only: the
+    /// bf16 buffers are weights, which are never stacked).
+    pub(crate) fn concat(&self, parts: &[&Buf]) -> Result<Buf> {
+        let mut srcs = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p {
+                Buf::F32(s) => srcs.push(s),
+                Buf::Bf16(_) => {
+                    return Err(crate::KernelError::Dtype { op: "cat_rows" });
+                }
+            }
+        }
+        let total: usize = srcs.iter().map(|s| s.len()).sum();
+        // Every value is written by the copies below.
+        let mut out = self.alloc_f32(total)?;
+        let mut at = 0;
+        for s in srcs {
+            let n = s.len();
+            self.compute
+                .memcpy_dtod(s, &mut out.slice_mut(at..at + n))
+                .map_err(|e| err("copying on the GPU", e))?;
+            at += n;
+        }
+        Ok(Buf::F32(out))
+    }
+
     /// Uploads `data` on the copy stream through pinned staging buffers,
     /// two in flight: the host copy into one overlaps the DMA of the other.
     /// The returned buffer's write event marks the copy: ops on the compute
