@@ -391,3 +391,38 @@ async fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<WorkEvent>) -> Vec<S
         }
     }
 }
+
+/// With `priority_alone`, the step that prefills a higher-priority request
+/// holds no lower-priority prefill: two low-priority prompts of 20 chunks
+/// are running when a 5-token high-priority prompt arrives, and some step
+/// computes exactly those 5 tokens. Without it, no step does (the prompt
+/// shares its step with the others' chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_prefill_gets_a_step_of_its_own() {
+    let f = fixture();
+    let vocab = f.model.config().vocab_size;
+    for alone in [true, false] {
+        let cfg = EngineConfig {
+            priority_alone: alone,
+            ..config(Strategy::Compute)
+        };
+        let engine = storeless_engine(&f, cfg);
+        let mut rxs = Vec::new();
+        for (n, priority, seed) in [(20 * CHUNK, 0u8, 1u64), (20 * CHUNK, 0, 2), (5, 2, 3)] {
+            let mut req = request(&prompt(n, seed, vocab), None);
+            req.options.max_tokens = 1;
+            req.priority = priority;
+            rxs.push(engine.submit(req).unwrap());
+        }
+        for rx in rxs {
+            drain(rx).await;
+        }
+        let steps = engine.step_history();
+        let own = steps.iter().filter(|&&s| s == 5).count();
+        if alone {
+            assert_eq!(own, 1, "steps {steps:?}");
+        } else {
+            assert_eq!(own, 0, "steps {steps:?}");
+        }
+    }
+}

@@ -107,6 +107,10 @@ fn describe() {
         "1 while a worker is healthy, 0 while marked down."
     );
     describe_counter!(
+        "cake_worker_requests_total",
+        "Requests a worker accepted, by worker and class (where placement sent them)."
+    );
+    describe_counter!(
         "cake_worker_failures_total",
         "Failed checks and requests, by worker."
     );
@@ -165,6 +169,12 @@ pub fn config_reloaded(ok: bool) {
 pub fn request_done(tenant: &str, class: &str, status: u16) {
     counter!("cake_gateway_requests_total", "tenant" => tenant.to_string(),
         "class" => class.to_string(), "status" => status.to_string())
+    .increment(1);
+}
+
+pub fn worker_accepted(worker: &str, class: &str) {
+    counter!("cake_worker_requests_total", "worker" => worker.to_string(),
+        "class" => class.to_string())
     .increment(1);
 }
 

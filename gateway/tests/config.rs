@@ -22,14 +22,21 @@ fn default_file_is_the_built_in_default() {
 #[test]
 fn every_example_loads() {
     let mut n = 0;
-    for entry in std::fs::read_dir(config_dir().join("examples")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "toml") {
-            Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            n += 1;
+    let mut dirs = vec![config_dir().join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
         }
     }
     assert!(n >= 3, "one machine, two remote workers, shared redis");
+    let placement = Config::load(&config_dir().join("examples/placement/gateway.toml")).unwrap();
+    assert_eq!(placement.workers.len(), 2);
     let two = Config::load(&config_dir().join("examples/two-remote-workers.toml")).unwrap();
     assert_eq!(two.workers.len(), 2);
     assert!(two.workers.iter().all(|w| w.kind == WorkerKind::Cake));

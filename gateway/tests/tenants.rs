@@ -491,3 +491,58 @@ async fn tenants_reload_from_the_file_and_a_bad_file_keeps_the_old_config() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(call(&gw, Some("key-b"), SMALL).await.status, 200);
 }
+
+/// Queue bounds reload without a restart: with `queue_per_tenant` cut from
+/// 16 to 1 in the file, a burst of four from one tenant behind a busy worker
+/// gets one slot, one place in the queue and two fast 429 `queue_full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bounds_reload_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cake.toml");
+    let policy = |per_tenant: usize| {
+        format!(
+            "[policy]\nmax_in_flight_per_worker = 1\nqueue_per_tenant = {per_tenant}\n{}",
+            two_tenants("", "")
+        )
+    };
+    std::fs::write(&path, policy(16)).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let slots = vec![slot(Arc::new(slow_mock("w", 100)))];
+    let mut gw = Gateway::start_with_tenants(
+        &server_config(),
+        &cfg.policy,
+        &cfg.tenants,
+        model(),
+        slots,
+        l,
+    )
+    .unwrap();
+    gw.watch_config(path.clone(), Duration::from_millis(50));
+    std::fs::write(&path, policy(1)).unwrap();
+    // The file is polled every 50 ms (other tests reload too, so the
+    // reload counter cannot tell this one apart).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let gw = Arc::new(gw);
+    let body = r#"{"prompt": "hello", "max_tokens": 2}"#;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(
+            async move { call(&gw, Some("key-a"), body).await },
+        ));
+        // In order: the first takes the slot, the second waits.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 429 {
+            assert_eq!(r.json()["error"]["code"], "queue_full");
+        }
+        codes.push(r.status.as_u16());
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, vec![200, 200, 429, 429]);
+}

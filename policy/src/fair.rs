@@ -119,6 +119,16 @@ impl<T, K: Clone + Eq + Hash> FairQueue<T, K> {
         }
     }
 
+    /// Changes the quantum and the bounds (a config reload). Items already
+    /// waiting stay, even past a lowered bound; new ones are refused until
+    /// the queue is back under it. A flow's turn in progress keeps the
+    /// deficit it has; the new quantum applies from the next turn.
+    pub fn set_limits(&mut self, quantum: u64, max_per_tenant: usize, max_total: usize) {
+        self.quantum = quantum.max(1);
+        self.max_per_tenant = max_per_tenant;
+        self.max_total = max_total;
+    }
+
     /// Queues `item` for `tenant` at `share`, costing `cost` (prompt tokens;
     /// 0 counts as 1), to be refused rather than served after `deadline`.
     /// The latest `share.weight` given for a tenant applies from its next
@@ -566,5 +576,30 @@ mod tests {
         assert_eq!(q.work_ahead(&"me", share(5, 1), 300), 300);
         let empty: FairQueue<(), &str> = FairQueue::new(100, 100, 100);
         assert_eq!(empty.work_ahead(&"me", share(0, 1), 300), 300);
+    }
+
+    #[test]
+    fn lowered_bounds_keep_waiting_items_and_refuse_new_ones() {
+        let now = Instant::now();
+        let mut q: FairQueue<u32, &str> = FairQueue::new(100, 4, 8);
+        for i in 0..4 {
+            q.push("a", share(0, 1), 10, i, None).unwrap();
+        }
+        q.set_limits(100, 2, 8);
+        assert_eq!(q.len(), 4);
+        let full = q.push("a", share(0, 1), 10, 9, None).unwrap_err();
+        assert_eq!((full.bound, full.limit), (QueueBound::Tenant, 2));
+        q.push("b", share(0, 1), 10, 5, None).unwrap();
+        q.set_limits(100, 8, 5);
+        let full = q.push("b", share(0, 1), 10, 6, None).unwrap_err();
+        assert_eq!((full.bound, full.limit), (QueueBound::Total, 5));
+        // Everything that was waiting is still served.
+        let mut served = Vec::new();
+        while let Some((_, v)) = q.pop(now) {
+            served.push(v);
+        }
+        served.sort_unstable();
+        assert_eq!(served, vec![0, 1, 2, 3, 5]);
+        q.push("a", share(0, 1), 10, 7, None).unwrap();
     }
 }

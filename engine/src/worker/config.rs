@@ -46,6 +46,11 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Write newly computed full chunks back to the store.
     pub write_back: bool,
+    /// A step that prefills a higher-priority request leaves lower-priority
+    /// prefills for the next step (decode tokens still run), so the step a
+    /// priority request waits on is as short as its own work. No effect
+    /// when all requests share one priority.
+    pub priority_alone: bool,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +67,7 @@ impl Default for EngineConfig {
             max_running: 16,
             max_waiting: 256,
             write_back: true,
+            priority_alone: true,
         }
     }
 }

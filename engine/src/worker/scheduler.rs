@@ -161,24 +161,40 @@ impl Scheduler {
             .store(queued as u64, Ordering::Relaxed);
     }
 
-    /// Order in which requests get this step's budget.
+    /// Order in which requests get this step's budget. `adaptive`: decode
+    /// tokens, then fresh prefills (and cached requests' suffixes), then
+    /// Cake's compute side, higher priority first within each; `fcfs`:
+    /// arrival order. With `priority_alone`, prefills go by priority before
+    /// kind (`adaptive` still serves decode tokens first; `fcfs` goes by
+    /// priority, then arrival), so the step's prefills are the highest
+    /// priority's. With one priority, the orders are as without it.
     fn order(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.active.len()).collect();
-        if self.cfg.order == BudgetOrder::Adaptive {
-            // Stable sort keeps arrival order within a rank and priority.
-            idx.sort_by_key(|&i| {
-                let s = &self.active[i];
-                let rank = match (s.phase, s.class) {
-                    (Phase::Decode, _) => 0,
-                    (_, RequestClass::Fresh) => 1,
-                    // Past the cached range, what is left is an ordinary
-                    // prefill of the uncached suffix.
-                    (_, RequestClass::Cached) if s.front >= s.cached_end => 1,
-                    (_, RequestClass::Cached) => 2,
-                };
-                (rank, std::cmp::Reverse(s.req.priority))
-            });
+        let adaptive = self.cfg.order == BudgetOrder::Adaptive;
+        let by_priority = self.cfg.priority_alone;
+        if !adaptive && !by_priority {
+            return idx;
         }
+        // Stable sort keeps arrival order among equals.
+        idx.sort_by_key(|&i| {
+            let s = &self.active[i];
+            let rank: u8 = match (s.phase, s.class) {
+                _ if !adaptive => 0,
+                (Phase::Decode, _) => 0,
+                (_, RequestClass::Fresh) => 1,
+                // Past the cached range, what is left is an ordinary
+                // prefill of the uncached suffix.
+                (_, RequestClass::Cached) if s.front >= s.cached_end => 1,
+                (_, RequestClass::Cached) => 2,
+            };
+            let priority = std::cmp::Reverse(s.req.priority);
+            match (adaptive, by_priority) {
+                (true, true) => (u8::from(s.phase != Phase::Decode), priority, rank),
+                (true, false) => (rank, priority, 0),
+                // fcfs: arrival order within a priority.
+                (false, _) => (0, priority, 0),
+            }
+        });
         idx
     }
 
@@ -211,11 +227,22 @@ impl Scheduler {
         let steal = self.steal_rule();
         let mut picked: Vec<(usize, Piece)> = Vec::new();
         let mut failed: Vec<(usize, EngineError)> = Vec::new();
+        // With `priority_alone`: the priority of the first request that has
+        // prefill work this step; lower ones do not prefill in it.
+        let mut top: Option<u8> = None;
         for i in self.order() {
             if budget == 0 {
                 break;
             }
-            match self.active[i].next(&steal) {
+            let seq = &mut self.active[i];
+            if let Some(t) = top
+                && seq.req.priority < t
+                && seq.phase == Phase::Prefill
+            {
+                // Not asked what it needs, so it claims nothing now.
+                continue;
+            }
+            match seq.next(&steal) {
                 Err(e) => failed.push((i, e)),
                 Ok(Next::Finished | Next::Blocked) => {}
                 Ok(Next::Decode) => {
@@ -223,6 +250,9 @@ impl Scheduler {
                     budget -= 1;
                 }
                 Ok(Next::Prefill { start, end }) => {
+                    if self.cfg.priority_alone && top.is_none() {
+                        top = Some(seq.req.priority);
+                    }
                     // A piece that does not fit waits (its chunk stays
                     // claimed) for a step with room.
                     if end - start <= budget {

@@ -73,6 +73,10 @@ impl Admission {
                 .unwrap_or_else(|e| e.into_inner())
                 .set_policy(cfg.policy.placement);
         }
+        self.sched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_limits(&cfg.policy);
         self.live.store(Arc::new(Live {
             tenants,
             policy: cfg.policy.clone(),

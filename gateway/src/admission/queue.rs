@@ -31,6 +31,12 @@ impl Sched {
             running: 0,
         }
     }
+
+    /// A reloaded policy's queue bounds and quantum.
+    pub(super) fn set_limits(&mut self, p: &PolicyConfig) {
+        self.queue
+            .set_limits(p.fair_quantum_tokens, p.queue_per_tenant, p.queue_total);
+    }
 }
 
 /// One dispatch slot, given back (and the next waiter served) when

@@ -38,8 +38,10 @@ pub fn reload(adm: &Admission, path: &Path) -> bool {
 /// is dropped.
 pub fn watch(adm: &Arc<Admission>, path: PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(adm);
+    // Stamped now, not when the task first runs: a change made right after
+    // this returns is a change.
+    let mut last = stamp(&path);
     tokio::spawn(async move {
-        let mut last = stamp(&path);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         #[cfg(unix)]

@@ -234,6 +234,7 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
             Err(e) => return Err(gateway_error(slot.name(), e)),
         };
         pool.success(slot);
+        tm::worker_accepted(slot.name(), ctx.class.as_str());
         let mut render = renderer(&state, &ctx);
         if ctx.params.stream {
             return Ok(stream_response(
