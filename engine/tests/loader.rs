@@ -67,15 +67,19 @@ fn request(prompt: &[u32], strategy: Option<Strategy>) -> WorkRequest {
     }
 }
 
+/// The next event of a request, within 30 s.
+async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WorkEvent>) -> WorkEvent {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no event within 30 s")
+        .expect("stream ended without Done")
+}
+
 async fn run(engine: &Engine, req: WorkRequest) -> (Vec<TokenEvent>, Usage) {
     let mut rx = engine.submit(req).unwrap();
     let mut toks = Vec::new();
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("no event within 30 s")
-            .expect("stream ended without Done");
-        match ev {
+        match next_event(&mut rx).await {
             WorkEvent::Token(t) => toks.push(t),
             WorkEvent::Done { usage, .. } => return (toks, usage),
             WorkEvent::Error { message, .. } => panic!("request failed: {message}"),
@@ -373,11 +377,7 @@ async fn collect(engine: &Engine, req: WorkRequest) -> Vec<String> {
 async fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<WorkEvent>) -> Vec<String> {
     let mut out = Vec::new();
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("no event within 30 s")
-            .expect("stream ended without Done");
-        match ev {
+        match next_event(&mut rx).await {
             WorkEvent::Token(t) => out.push(format!("{t:?}")),
             WorkEvent::PromptLogprobs { logprobs } => out.push(format!("{logprobs:?}")),
             WorkEvent::Done { usage, .. } => {
@@ -393,7 +393,7 @@ async fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<WorkEvent>) -> Vec<S
 }
 
 /// With `priority_alone`, the step that prefills a higher-priority request
-/// holds no lower-priority prefill: two low-priority prompts of 20 chunks
+/// holds no lower-priority prefill: two low-priority prompts of 60 chunks
 /// are running when a 5-token high-priority prompt arrives, and some step
 /// computes exactly those 5 tokens. Without it, no step does (the prompt
 /// shares its step with the others' chunks).
@@ -408,7 +408,15 @@ async fn a_priority_prefill_gets_a_step_of_its_own() {
         };
         let engine = storeless_engine(&f, cfg);
         let mut rxs = Vec::new();
-        for (n, priority, seed) in [(20 * CHUNK, 0u8, 1u64), (20 * CHUNK, 0, 2), (5, 2, 3)] {
+        for (n, priority, seed) in [(60 * CHUNK, 0u8, 1u64), (60 * CHUNK, 0, 2), (5, 2, 3)] {
+            if priority > 0 {
+                // Once the others are running (a prompt shorter than a
+                // chunk skips the presence lookup, so it could otherwise
+                // arrive first and run alone either way).
+                while engine.step_history().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             let mut req = request(&prompt(n, seed, vocab), None);
             req.options.max_tokens = 1;
             req.priority = priority;

@@ -440,25 +440,31 @@ async fn adaptive_sends_cached_requests_to_idle_io_and_fresh_to_idle_compute() {
     assert_eq!(worker(&call(&gw, None, &body).await), "busy-io");
 }
 
+/// A gateway started from the config file at `path`, watching it (every
+/// 50 ms) for changes, with one worker.
+async fn watched_gateway(path: &std::path::Path, worker: MockWorker) -> Gateway {
+    let cfg = Config::load(path).unwrap();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let mut gw = Gateway::start_with_tenants(
+        &server_config(),
+        &cfg.policy,
+        &cfg.tenants,
+        model(),
+        vec![slot(Arc::new(worker))],
+        l,
+    )
+    .unwrap();
+    gw.watch_config(path.to_path_buf(), Duration::from_millis(50));
+    gw
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_reload_from_the_file_and_a_bad_file_keeps_the_old_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cake.toml");
     let one = format!("[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"{KEY_A}\"]\n");
     std::fs::write(&path, &one).unwrap();
-    let cfg = Config::load(&path).unwrap();
-    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    let slots = vec![slot(Arc::new(mock("w")))];
-    let mut gw = Gateway::start_with_tenants(
-        &server_config(),
-        &cfg.policy,
-        &cfg.tenants,
-        model(),
-        slots,
-        l,
-    )
-    .unwrap();
-    gw.watch_config(path.clone(), Duration::from_millis(50));
+    let gw = watched_gateway(&path, mock("w")).await;
     assert_eq!(call(&gw, Some("key-a"), SMALL).await.status, 200);
     call(&gw, Some("key-b"), SMALL).await.error(401);
 
@@ -506,19 +512,7 @@ async fn queue_bounds_reload_without_a_restart() {
         )
     };
     std::fs::write(&path, policy(16)).unwrap();
-    let cfg = Config::load(&path).unwrap();
-    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    let slots = vec![slot(Arc::new(slow_mock("w", 100)))];
-    let mut gw = Gateway::start_with_tenants(
-        &server_config(),
-        &cfg.policy,
-        &cfg.tenants,
-        model(),
-        slots,
-        l,
-    )
-    .unwrap();
-    gw.watch_config(path.clone(), Duration::from_millis(50));
+    let gw = watched_gateway(&path, slow_mock("w", 100)).await;
     std::fs::write(&path, policy(1)).unwrap();
     // The file is polled every 50 ms (other tests reload too, so the
     // reload counter cannot tell this one apart).
