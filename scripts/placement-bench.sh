@@ -72,10 +72,9 @@ for rate in $RATES; do
     echo "== $(date +%T) $policy at $rate req/s"
     redis-cli -p "$REDIS_PORT" flushall >/dev/null
     for w in 0 1; do
-      sed -e "s/^\[engine\]/[engine]\nname = \"w$w\"/" \
-        -e "s/^bandwidth_bytes_per_s = .*/bandwidth_bytes_per_s = ${LINK[$w]}/" \
+      sed "s/^bandwidth_bytes_per_s = .*/bandwidth_bytes_per_s = ${LINK[$w]}/" \
         "$CFG/worker.toml" >"$TMP/worker-$w.toml"
-      RAYON_NUM_THREADS=1 "$BIN/cake" worker --config "$TMP/worker-$w.toml" \
+      RAYON_NUM_THREADS=1 "$BIN/cake" worker --config "$TMP/worker-$w.toml" --name "w$w" \
         --listen "127.0.0.1:910$((w + 1))" --data-dir "data/placement-w$w" \
         >"$OUT/worker-$w.log" 2>&1 &
       PIDS+=($!)

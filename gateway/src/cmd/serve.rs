@@ -44,6 +44,10 @@ pub struct WorkerArgs {
     /// Checkpoint folder to serve (overrides `model.path`).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Worker name in usage, metrics and logs (overrides `engine.name`),
+    /// so several workers can share one config file.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// `cake config ...`.
@@ -141,6 +145,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut cfg = load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         cfg.server.worker_listen = l;
+    }
+    if let Some(n) = args.name {
+        anyhow::ensure!(!n.trim().is_empty(), "--name must not be empty");
+        cfg.engine.name = n;
     }
     apply(&mut cfg, args.data_dir, args.model)?;
     let dir = model_dir(&cfg)?;
