@@ -145,6 +145,17 @@ pub struct BatchItem<'a> {
     pub logits: Logits,
 }
 
+impl BatchItem<'_> {
+    /// Rows of logits this item gets back (0, 1 or one per token).
+    pub fn logit_rows(&self) -> usize {
+        match self.logits {
+            Logits::None => 0,
+            Logits::Last => 1,
+            Logits::All => self.tokens.len(),
+        }
+    }
+}
+
 /// `t` cut along its first dimension into pieces of `lens` rows (no copy
 /// for a single piece).
 fn split_rows(t: Tensor, lens: &[usize]) -> Result<Vec<Tensor>, EngineError> {
@@ -459,14 +470,7 @@ impl Model {
         items: &mut [BatchItem<'_>],
     ) -> Result<Vec<Option<Tensor>>, EngineError> {
         let h = self.forward_hidden_batch(items, None)?;
-        let counts: Vec<usize> = items
-            .iter()
-            .map(|it| match it.logits {
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => it.tokens.len(),
-            })
-            .collect();
+        let counts: Vec<usize> = items.iter().map(BatchItem::logit_rows).collect();
         let mut wanted = Vec::new();
         if counts.iter().sum::<usize>() == h.shape()[0] {
             // Every row is wanted: no copy.

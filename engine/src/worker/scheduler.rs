@@ -14,7 +14,7 @@ use super::seq::{Next, Phase, Piece, Seq};
 use super::stats::{ComputeMeter, IoMeter};
 use super::types::{RequestClass, WorkErrorKind, WorkEvent};
 use crate::kv::{EncodedChunk, KvStore};
-use crate::{EngineError, Logits, Model, Tokenizer};
+use crate::{EngineError, Model, Tokenizer};
 
 /// Steps whose budget use is kept for reports (a ring).
 const STEP_HISTORY: usize = 4096;
@@ -308,12 +308,7 @@ impl Scheduler {
                 failed.push((i, e));
                 continue;
             }
-            let rows = match item.logits {
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => item.tokens.len(),
-            };
-            flops.push(model.step_flops(item.cache.len(), item.tokens.len(), rows));
+            flops.push(model.step_flops(item.cache.len(), item.tokens.len(), item.logit_rows()));
             items.push(item);
             ran.push((i, piece));
         }
