@@ -29,7 +29,8 @@ pub struct TtftBench {
     pub bandwidths: Bandwidths,
     pub engine: EngineConfig,
     pub seed: u64,
-    /// Runs per measurement; the median is kept (the machine is noisy).
+    /// Rounds of all four strategies, one run of each per round; medians
+    /// are kept (the machine is noisy).
     pub repeat: usize,
 }
 
@@ -52,6 +53,23 @@ pub struct TtftReport {
     /// Per context: the bandwidth at which loading all stored chunks takes
     /// as long as computing them.
     pub balanced_bandwidth: Vec<(usize, f64)>,
+    /// Per context and bandwidth: the medians of the ratios taken within
+    /// each round (strategies run in rounds, one run of each per round).
+    pub ratios: Vec<Ratios>,
+}
+
+/// The aims' ratios at one context and bandwidth, each the median over the
+/// rounds of that round's ratio (so they need not equal the ratio of the
+/// median TTFTs in [`Row`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub context: usize,
+    pub bandwidth_bytes_per_s: f64,
+    pub cake_over_oracle: f64,
+    /// cake / min(compute, load).
+    pub cake_over_min: f64,
+    /// auto / min(compute, load).
+    pub auto_over_min: f64,
 }
 
 impl TtftReport {
@@ -92,6 +110,7 @@ pub async fn run(
     };
     let c = cfg.chunk_tokens;
     let mut rows = Vec::new();
+    let mut ratios = Vec::new();
     let mut balanced = Vec::new();
     let mut chunk_bytes = 0;
     for (ci, &context) in bench.contexts.iter().enumerate() {
@@ -127,25 +146,43 @@ pub async fn run(
             let link = Arc::new(Link::new(bw as u64, Duration::ZERO));
             let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem.clone(), link, false));
             let engine = Engine::start(model.clone(), tokenizer.clone(), Some(store), cfg.clone())?;
-            let mut ttft = std::collections::HashMap::new();
-            // Compute first: it also warms the worker's compute meter, and
-            // load warms its bandwidth meter, which `auto` decides from.
-            for s in [
+            // Rounds of all four strategies, so a slow spell of the shared
+            // machine lands on every strategy alike rather than on whichever
+            // ran during it. Compute first in each round: it also warms the
+            // worker's compute meter, and load warms its bandwidth meter,
+            // which `auto` decides from.
+            let strategies = [
                 Strategy::Compute,
                 Strategy::Load,
                 Strategy::Cake,
                 Strategy::Auto,
-            ] {
-                let mut us = Vec::new();
-                for _ in 0..runs {
-                    us.push(
-                        run_request(
-                            &engine,
-                            bench_request(s.as_str(), prompt.clone(), 1, Some(s)),
-                        )
-                        .await?,
-                    );
+            ];
+            let mut runs_of: Vec<Vec<_>> = vec![Vec::new(); strategies.len()];
+            for r in 0..runs {
+                let mut line = format!(
+                    "context {context}, {:.3} GB/s, round {}/{runs}:",
+                    bw / 1e9,
+                    r + 1
+                );
+                for (k, &s) in strategies.iter().enumerate() {
+                    let u = run_request(
+                        &engine,
+                        bench_request(s.as_str(), prompt.clone(), 1, Some(s)),
+                    )
+                    .await?;
+                    line += &format!(" {} {:.0}", s.as_str(), u.ttft_ms);
+                    runs_of[k].push(u);
                 }
+                if runs > 1 {
+                    progress(&format!("{line} ms"));
+                }
+            }
+            let rounds: Vec<Vec<f64>> = runs_of
+                .iter()
+                .map(|us| us.iter().map(|u| u.ttft_ms).collect())
+                .collect();
+            let mut ttft = std::collections::HashMap::new();
+            for (&s, mut us) in strategies.iter().zip(runs_of) {
                 us.sort_by(|a, b| a.ttft_ms.total_cmp(&b.ttft_ms));
                 let u = us.swap_remove(us.len() / 2);
                 progress(&format!(
@@ -171,23 +208,43 @@ pub async fn run(
                     loaded_tokens: u.loaded_tokens,
                 });
             }
-            // Per-chunk compute times at this run's level: the chunk pass's
-            // shape scaled to the compute-only TTFT measured just now.
-            let level = ttft[&Strategy::Compute] / 1e3 / chunk_shape.iter().sum::<f64>().max(1e-12);
-            let chunk_s: Vec<f64> = chunk_shape.iter().map(|t| t * level).collect();
-            let load_ttft = ttft[&Strategy::Load];
-            // One chunk's load time, from the load-only run: its TTFT less
-            // the computed suffix, over the chunks it loaded.
-            let suffix_s: f64 = chunk_s[cached..].iter().sum();
-            let load_s = ((load_ttft / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
-            let (t, k) = oracle(&chunk_s, cached, load_s);
+            // The oracle at a given compute-only and load-only TTFT: the
+            // chunk pass's shape scaled to that compute-only TTFT, and one
+            // chunk's load time from the load-only TTFT less the computed
+            // suffix, over the chunks it loaded.
+            let oracle_at = |compute_ms: f64, load_ms: f64| {
+                let level = compute_ms / 1e3 / chunk_shape.iter().sum::<f64>().max(1e-12);
+                let chunk_s: Vec<f64> = chunk_shape.iter().map(|t| t * level).collect();
+                let suffix_s: f64 = chunk_s[cached..].iter().sum();
+                let load_s = ((load_ms / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
+                let (t, k) = oracle(&chunk_s, cached, load_s);
+                (t * 1e3, k)
+            };
+            let (t, k) = oracle_at(ttft[&Strategy::Compute], ttft[&Strategy::Load]);
             rows.push(Row {
                 context,
                 bandwidth_bytes_per_s: bw,
                 strategy: "oracle".into(),
-                ttft_ms: t * 1e3,
+                ttft_ms: t,
                 computed_tokens: context - (cached - k) * c,
                 loaded_tokens: (cached - k) * c,
+            });
+            // Each round's ratios, from that round's own runs: a slow spell
+            // moves both sides of a ratio measured together.
+            let mut per_round = [Vec::new(), Vec::new(), Vec::new()];
+            for r in 0..runs {
+                let [compute, load, cake, auto] = [0, 1, 2, 3].map(|k| rounds[k][r]);
+                let best = compute.min(load);
+                per_round[0].push(cake / oracle_at(compute, load).0);
+                per_round[1].push(cake / best);
+                per_round[2].push(auto / best);
+            }
+            ratios.push(Ratios {
+                context,
+                bandwidth_bytes_per_s: bw,
+                cake_over_oracle: median(&per_round[0]),
+                cake_over_min: median(&per_round[1]),
+                auto_over_min: median(&per_round[2]),
             });
         }
     }
@@ -196,6 +253,7 @@ pub async fn run(
         chunk_tokens: c,
         chunk_bytes,
         balanced_bandwidth: balanced,
+        ratios,
     })
 }
 

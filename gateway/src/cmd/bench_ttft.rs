@@ -34,7 +34,8 @@ pub struct TtftArgs {
     data_dir: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Runs per measurement; the median is reported.
+    /// Rounds of all four strategies (one run each per round); TTFTs are
+    /// the medians over the rounds, ratios the medians of each round's own.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Write the rows as JSON here.
@@ -139,15 +140,19 @@ fn print_table(r: &TtftReport) {
             .get(ctx, bw, "cake")
             .map(|x| format!("{}c/{}l", x.computed_tokens, x.loaded_tokens))
             .unwrap_or_default();
+        let ratios = r
+            .ratios
+            .iter()
+            .find(|x| x.context == ctx && x.bandwidth_bytes_per_s == bw);
+        let (ko, km, am) = ratios.map_or((k / o, k / c.min(l), a / c.min(l)), |x| {
+            (x.cake_over_oracle, x.cake_over_min, x.auto_over_min)
+        });
         println!(
-            "{ctx:>7} {:>9.3} {c:>9.0} {l:>9.0} {k:>9.0} {a:>9.0} {o:>9.0} {:>11.2} {:>12.2} {:>10.2} {meet:>14}",
+            "{ctx:>7} {:>9.3} {c:>9.0} {l:>9.0} {k:>9.0} {a:>9.0} {o:>9.0} {ko:>11.2} {km:>12.2} {am:>10.2} {meet:>14}",
             bw / 1e9,
-            k / o,
-            k / c.min(l),
-            a / c.min(l),
         );
     }
     println!(
-        "(ms; meeting point: tokens computed / loaded; the chunk holding the last token is always computed)"
+        "(ms, medians over the rounds; ratios: medians of each round's own ratios; meeting point: tokens computed / loaded; the chunk holding the last token is always computed)"
     );
 }
