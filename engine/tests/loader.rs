@@ -434,3 +434,41 @@ async fn a_priority_prefill_gets_a_step_of_its_own() {
         }
     }
 }
+
+/// Loads the compute side takes over stop using the link: on a link so
+/// slow that no load lands, Cake computes every chunk, and the link is free
+/// again as soon as compute has taken the chunks over, while the request is
+/// still decoding, rather than busy with the loads no longer needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_compute_takes_over_free_the_link() {
+    let f = fixture();
+    let p = prompt(6 * CHUNK + 3, 13, f.tokenizer.vocab_size());
+    let mem: Arc<dyn KvStore> = Arc::new(MemoryStore::new(64 << 20));
+    populate(&f, mem.clone(), &p, &[], &[]).await;
+    let cfg = EngineConfig {
+        write_back: false,
+        ..config(Strategy::Cake)
+    };
+    let probe = Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg.clone()).unwrap();
+    // 30 s per chunk.
+    let link = Arc::new(Link::new(probe.chunk_bytes() / 30, Duration::ZERO));
+    let store: Arc<dyn KvStore> = Arc::new(ThrottledStore::new(mem, link.clone(), false));
+    let engine = Engine::start(f.model.clone(), f.tokenizer.clone(), Some(store), cfg).unwrap();
+    let mut long = request(&p, None);
+    long.options.max_tokens = 3000;
+    let mut rx = engine.submit(long).unwrap();
+    while !matches!(next_event(&mut rx).await, WorkEvent::Token(_)) {}
+    let busy_for = || {
+        let busy = link.busy_until().expect("the I/O side issued loads");
+        busy.saturating_duration_since(tokio::time::Instant::now())
+    };
+    for _ in 0..300 {
+        if busy_for() < Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(busy_for() < Duration::from_secs(5), "link busy for {:?} more", busy_for());
+    assert_eq!(engine.load_report().queued_io_bytes, 0);
+    drop(rx);
+}

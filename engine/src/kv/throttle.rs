@@ -9,6 +9,7 @@
 //! inner store itself took longer, there is no extra wait. Uses tokio's
 //! clock, so tests run it with paused time.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +22,32 @@ use super::key::ChunkKey;
 use super::store::{KvStore, StoreError, StoreStats, Tier};
 
 /// A shared link: bandwidth in bytes/s (0: unlimited) and latency.
+///
+/// A transfer dropped before its end (a load that is no longer needed)
+/// gives back the link time it has not used yet, when nothing queued
+/// behind it has been scheduled: as a real link stops carrying a read that
+/// was cancelled. Transfers already queued behind it keep their times.
 #[derive(Debug)]
 pub struct Link {
     bytes_per_s: u64,
     latency: Duration,
-    free_at: Mutex<Option<Instant>>,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    free_at: Option<Instant>,
+    next_id: u64,
+    /// Transfers scheduled to end in the future, in link order.
+    pending: VecDeque<Reservation>,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    id: u64,
+    start: Instant,
+    end: Instant,
+    dropped: bool,
 }
 
 impl Link {
@@ -33,24 +55,83 @@ impl Link {
         Link {
             bytes_per_s,
             latency,
-            free_at: Mutex::new(None),
+            state: Mutex::new(LinkState::default()),
         }
     }
 
     /// Waits out an operation that began at `began` and moves `bytes`.
     pub async fn transfer(&self, began: Instant, bytes: u64) {
         let ready = began + self.latency;
-        let done = if self.bytes_per_s == 0 || bytes == 0 {
-            ready
-        } else {
-            let took = Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
-            let mut free_at = self.free_at.lock();
-            let start = free_at.map_or(ready, |f| f.max(ready));
+        if self.bytes_per_s == 0 || bytes == 0 {
+            tokio::time::sleep_until(ready).await;
+            return;
+        }
+        let took = Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+        let (id, end) = {
+            let mut st = self.state.lock();
+            let now = Instant::now();
+            while st.pending.front().is_some_and(|r| r.end <= now) {
+                st.pending.pop_front();
+            }
+            let start = st.free_at.map_or(ready, |f| f.max(ready));
             let end = start + took;
-            *free_at = Some(end);
-            end
+            st.free_at = Some(end);
+            let id = st.next_id;
+            st.next_id += 1;
+            st.pending.push_back(Reservation {
+                id,
+                start,
+                end,
+                dropped: false,
+            });
+            (id, end)
         };
-        tokio::time::sleep_until(done).await;
+        let mut guard = Release {
+            link: self,
+            id,
+            armed: true,
+        };
+        tokio::time::sleep_until(end).await;
+        guard.armed = false;
+    }
+
+    /// When the transfers scheduled so far end (`None`: none yet).
+    pub fn busy_until(&self) -> Option<Instant> {
+        self.state.lock().free_at
+    }
+
+    /// A transfer was dropped before its end: the link is free again from
+    /// where the last transfer still wanted ends.
+    fn release(&self, id: u64) {
+        let mut st = self.state.lock();
+        let Some(r) = st.pending.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        r.dropped = true;
+        let now = Instant::now();
+        while let Some(r) = st.pending.back() {
+            if !r.dropped {
+                break;
+            }
+            let free = r.start.max(now);
+            st.pending.pop_back();
+            st.free_at = Some(free);
+        }
+    }
+}
+
+/// Gives a dropped transfer's unused link time back.
+struct Release<'a> {
+    link: &'a Link,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.link.release(self.id);
+        }
     }
 }
 
@@ -149,5 +230,57 @@ impl KvStore for ThrottledStore {
             inner: vec![inner],
             ..StoreStats::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1_000_000;
+
+    /// Starts a 1 MB transfer on a 1 MB/s link and lets it reserve its slot.
+    async fn start(link: &Arc<Link>) -> tokio::task::JoinHandle<()> {
+        let l = link.clone();
+        let t = tokio::spawn(async move { l.transfer(Instant::now(), MB).await });
+        tokio::task::yield_now().await;
+        t
+    }
+
+    async fn timed(link: &Link) -> Duration {
+        let t0 = Instant::now();
+        link.transfer(t0, MB).await;
+        t0.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transfers_queue_on_the_link() {
+        let link = Arc::new(Link::new(MB, Duration::ZERO));
+        let _a = start(&link).await;
+        assert_eq!(timed(&link).await, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_transfer_gives_its_unused_time_back() {
+        let link = Arc::new(Link::new(MB, Duration::ZERO));
+        let a = start(&link).await;
+        let b = start(&link).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both dropped: a had used half a second of the link, b none.
+        b.abort();
+        a.abort();
+        let _ = (a.await, b.await);
+        assert_eq!(timed(&link).await, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transfers_scheduled_behind_a_dropped_one_keep_their_time() {
+        let link = Arc::new(Link::new(MB, Duration::ZERO));
+        let a = start(&link).await;
+        let _b = start(&link).await;
+        a.abort();
+        let _ = a.await;
+        // b still ends at 2 s, so a new transfer ends at 3 s.
+        assert_eq!(timed(&link).await, Duration::from_secs(3));
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
+use tokio::sync::Notify;
 
 use super::scheduler::Shared;
 use crate::cache::DeviceChunk;
@@ -48,6 +50,9 @@ pub(crate) enum IoOrder {
 pub(crate) struct LoadPlan {
     slots: Mutex<Vec<Slot>>,
     cancelled: AtomicBool,
+    /// Wakes the I/O side when the request is cancelled or compute takes
+    /// over a chunk being loaded, so it drops loads no longer needed.
+    changed: Notify,
 }
 
 impl LoadPlan {
@@ -60,6 +65,7 @@ impl LoadPlan {
                     .collect(),
             ),
             cancelled: AtomicBool::new(false),
+            changed: Notify::new(),
         })
     }
 
@@ -71,6 +77,13 @@ impl LoadPlan {
 
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Compute took over a chunk whose load is in flight: that load is
+    /// dropped now rather than left to use the link until it lands.
+    pub(crate) fn taken_over(&self) {
+        self.changed.notify_one();
     }
 
     fn cancelled(&self) -> bool {
@@ -145,7 +158,9 @@ impl IoJob {
 /// Runs the I/O side: keeps up to `depth` loads in flight, claiming chunks
 /// in `order`; in `BackToFront` order it stops at the first chunk compute
 /// has claimed (the meeting point). Holes are skipped: they stay for
-/// compute, and a stored run after a hole is still loaded.
+/// compute, and a stored run after a hole is still loaded. A load whose
+/// chunk compute took over is dropped at once, and every load when the
+/// request is cancelled: dropping a load stops its transfer.
 pub(crate) async fn run_io(job: IoJob) {
     let n = job.plan.lock().len();
     let mut order: Box<dyn Iterator<Item = usize> + Send> = match job.order {
@@ -153,6 +168,8 @@ pub(crate) async fn run_io(job: IoJob) {
         IoOrder::FrontToBack => Box::new(0..n),
     };
     let mut inflight = FuturesUnordered::new();
+    // The abort handle of each load in flight, by chunk.
+    let mut aborts: Vec<(usize, AbortHandle)> = Vec::new();
     let mut exhausted = false;
     let mut issued = 0u64;
     let io = &job.meter.io;
@@ -198,11 +215,14 @@ pub(crate) async fn run_io(job: IoJob) {
             let device = job.device;
             issued += 1;
             meter.io.begin();
-            inflight.push(async move {
+            let (handle, registration) = AbortHandle::new_pair();
+            aborts.push((i, handle));
+            let load = async move {
                 let chunk = load_chunk_to(store.as_ref(), key, &ctx, i as u32, device).await;
                 meter.io.end(bytes, chunk.is_some());
-                (i, chunk)
-            });
+                chunk
+            };
+            inflight.push(async move { (i, Abortable::new(load, registration).await) });
         }
         if job.plan.cancelled() {
             // Dropping the futures drops the loads in flight.
@@ -211,10 +231,33 @@ pub(crate) async fn run_io(job: IoJob) {
             io.unplan(inflight.len() as u64 * job.chunk_bytes);
             return;
         }
-        match inflight.next().await {
-            Some((i, chunk)) => {
-                job.plan.finish_load(i, chunk);
-                (job.wake)();
+        let next = tokio::select! {
+            next = inflight.next() => next,
+            () = job.plan.changed.notified() => {
+                // Compute took over some chunks being loaded, or the request
+                // was cancelled (handled at the top of the loop).
+                let s = job.plan.lock();
+                for (i, handle) in &aborts {
+                    if !matches!(s[*i], Slot::Loading(_)) {
+                        handle.abort();
+                    }
+                }
+                continue;
+            }
+        };
+        match next {
+            Some((i, result)) => {
+                aborts.retain(|(j, _)| *j != i);
+                match result {
+                    Ok(chunk) => {
+                        job.plan.finish_load(i, chunk);
+                        (job.wake)();
+                    }
+                    Err(_aborted) => {
+                        io.abandon(1);
+                        io.unplan(job.chunk_bytes);
+                    }
+                }
             }
             None => {
                 // Chunks compute took were planned as I/O but never loaded.

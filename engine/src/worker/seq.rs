@@ -155,9 +155,11 @@ impl Seq {
                         return Ok(Next::Blocked);
                     }
                     // The two sides met on a load that would finish later
-                    // than compute can: compute takes it, the load is
-                    // dropped when it lands.
+                    // than compute can: compute takes it, and the I/O side
+                    // drops the load.
                     slots[i] = Slot::Computing;
+                    drop(slots);
+                    plan.taken_over();
                     return Ok(Next::Prefill {
                         start: i * c,
                         end: (i + 1) * c,
