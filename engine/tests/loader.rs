@@ -468,7 +468,11 @@ async fn loads_compute_takes_over_free_the_link() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(busy_for() < Duration::from_secs(5), "link busy for {:?} more", busy_for());
+    assert!(
+        busy_for() < Duration::from_secs(5),
+        "link busy for {:?} more",
+        busy_for()
+    );
     assert_eq!(engine.load_report().queued_io_bytes, 0);
     drop(rx);
 }

@@ -97,6 +97,28 @@ fn oracle(chunk_s: &[f64], cached: usize, load_s: f64) -> (f64, usize) {
     best
 }
 
+/// Each chunk's compute time, prefilling `prompt` chunk by chunk as the
+/// engine does (seconds).
+fn chunk_pass(model: &Model, prompt: &[u32], c: usize) -> Result<Vec<f64>, EngineError> {
+    let mut cache = model.new_cache();
+    prompt
+        .chunks(c)
+        .map(|piece| {
+            let t = Instant::now();
+            model.forward_no_logits(&mut cache, piece)?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// The median of each chunk's time over several passes.
+fn chunkwise_median(passes: &[Vec<f64>]) -> Vec<f64> {
+    let n = passes.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|i| median(&passes.iter().map(|p| p[i]).collect::<Vec<_>>()))
+        .collect()
+}
+
 /// Runs the benchmark; `progress` gets a line per measurement.
 pub async fn run(
     model: Arc<Model>,
@@ -122,16 +144,10 @@ pub async fn run(
         // Each chunk's compute time, chunk by chunk as the engine runs it
         // (median over the runs).
         let runs = bench.repeat.max(1);
-        let mut per_chunk: Vec<Vec<f64>> = vec![Vec::new(); context.div_ceil(c)];
-        for _ in 0..runs {
-            let mut cache = model.new_cache();
-            for (i, piece) in prompt.chunks(c).enumerate() {
-                let t = Instant::now();
-                model.forward_no_logits(&mut cache, piece)?;
-                per_chunk[i].push(t.elapsed().as_secs_f64());
-            }
-        }
-        let chunk_shape: Vec<f64> = per_chunk.iter().map(|v| median(v)).collect();
+        let passes = (0..runs)
+            .map(|_| chunk_pass(&model, &prompt, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chunk_shape = chunkwise_median(&passes);
         let cached = (context - 1) / c; // the chunk with the last token is computed
         chunk_bytes =
             Engine::start(model.clone(), tokenizer.clone(), None, cfg.clone())?.chunk_bytes();
@@ -158,7 +174,11 @@ pub async fn run(
                 Strategy::Auto,
             ];
             let mut runs_of: Vec<Vec<_>> = vec![Vec::new(); strategies.len()];
+            // Each round also times the prompt chunk by chunk, for that
+            // round's oracle.
+            let mut shapes = Vec::new();
             for r in 0..runs {
+                shapes.push(chunk_pass(&model, &prompt, c)?);
                 let mut line = format!(
                     "context {context}, {:.3} GB/s, round {}/{runs}:",
                     bw / 1e9,
@@ -212,15 +232,19 @@ pub async fn run(
             // chunk pass's shape scaled to that compute-only TTFT, and one
             // chunk's load time from the load-only TTFT less the computed
             // suffix, over the chunks it loaded.
-            let oracle_at = |compute_ms: f64, load_ms: f64| {
-                let level = compute_ms / 1e3 / chunk_shape.iter().sum::<f64>().max(1e-12);
-                let chunk_s: Vec<f64> = chunk_shape.iter().map(|t| t * level).collect();
+            let oracle_at = |shape: &[f64], compute_ms: f64, load_ms: f64| {
+                let level = compute_ms / 1e3 / shape.iter().sum::<f64>().max(1e-12);
+                let chunk_s: Vec<f64> = shape.iter().map(|t| t * level).collect();
                 let suffix_s: f64 = chunk_s[cached..].iter().sum();
                 let load_s = ((load_ms / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
                 let (t, k) = oracle(&chunk_s, cached, load_s);
                 (t * 1e3, k)
             };
-            let (t, k) = oracle_at(ttft[&Strategy::Compute], ttft[&Strategy::Load]);
+            let (t, k) = oracle_at(
+                &chunkwise_median(&shapes),
+                ttft[&Strategy::Compute],
+                ttft[&Strategy::Load],
+            );
             rows.push(Row {
                 context,
                 bandwidth_bytes_per_s: bw,
@@ -235,7 +259,7 @@ pub async fn run(
             for r in 0..runs {
                 let [compute, load, cake, auto] = [0, 1, 2, 3].map(|k| rounds[k][r]);
                 let best = compute.min(load);
-                per_round[0].push(cake / oracle_at(compute, load).0);
+                per_round[0].push(cake / oracle_at(&shapes[r], compute, load).0);
                 per_round[1].push(cake / best);
                 per_round[2].push(auto / best);
             }
