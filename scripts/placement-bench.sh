@@ -19,6 +19,7 @@
 #   scripts/placement-bench.sh
 #   RATES="1.5 2" DURATION=90s POLICIES="adaptive least-loaded" scripts/placement-bench.sh
 #   LINKS="24000000 1500000" scripts/placement-bench.sh
+#   GATEWAY_CONFIG=gateway-slo.toml scripts/placement-bench.sh   # SLO shedding on
 set -euo pipefail
 
 BIN=${BIN:-target/release}
@@ -33,6 +34,10 @@ read -r -a LINK <<<"${LINKS:-6000000 6000000}"
 REDIS_PORT=6390 # as in config/examples/placement/worker.toml
 GATEWAY=http://127.0.0.1:8101
 CFG=config/examples/placement
+# The gateway's config in $CFG: gateway.toml (no tenants: nothing is shed)
+# or gateway-slo.toml (the workload's SLO configured: requests predicted to
+# miss it are refused at once).
+GATEWAY_CONFIG=${GATEWAY_CONFIG:-gateway.toml}
 
 for b in cake cake-loadtest; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b: run cargo build --release first" >&2; exit 1; }
@@ -79,7 +84,7 @@ for rate in $RATES; do
         >"$OUT/worker-$w.log" 2>&1 &
       PIDS+=($!)
     done
-    sed "s/^placement = .*/placement = \"$policy\"/" "$CFG/gateway.toml" >"$TMP/gateway.toml"
+    sed "s/^placement = .*/placement = \"$policy\"/" "$CFG/$GATEWAY_CONFIG" >"$TMP/gateway.toml"
     "$BIN/cake" serve --config "$TMP/gateway.toml" >"$OUT/gateway.log" 2>&1 &
     PIDS+=($!)
     wait_http "$GATEWAY/health"
