@@ -142,7 +142,8 @@ pub async fn run(
         fill_store(&model, &tokenizer, &mem, &cfg, &prompt).await?;
 
         // Each chunk's compute time, chunk by chunk as the engine runs it
-        // (median over the runs).
+        // (median over the runs): the balanced bandwidth `auto` spans from.
+        // Each round below times its own pass for its oracle.
         let runs = bench.repeat.max(1);
         let passes = (0..runs)
             .map(|_| chunk_pass(&model, &prompt, c))
@@ -197,10 +198,28 @@ pub async fn run(
                     progress(&format!("{line} ms"));
                 }
             }
-            let rounds: Vec<Vec<f64>> = runs_of
-                .iter()
-                .map(|us| us.iter().map(|u| u.ttft_ms).collect())
-                .collect();
+            // The oracle at a given compute-only and load-only TTFT: the
+            // chunk pass's shape scaled to that compute-only TTFT, and one
+            // chunk's load time from the load-only TTFT less the computed
+            // suffix, over the chunks it loaded.
+            let oracle_at = |shape: &[f64], compute_ms: f64, load_ms: f64| {
+                let level = compute_ms / 1e3 / shape.iter().sum::<f64>().max(1e-12);
+                let chunk_s: Vec<f64> = shape.iter().map(|t| t * level).collect();
+                let suffix_s: f64 = chunk_s[cached..].iter().sum();
+                let load_s = ((load_ms / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
+                let (t, k) = oracle(&chunk_s, cached, load_s);
+                (t * 1e3, k)
+            };
+            // Each round's ratios, from that round's own runs: a slow spell
+            // moves both sides of a ratio measured together.
+            let mut per_round = [Vec::new(), Vec::new(), Vec::new()];
+            for r in 0..runs {
+                let [compute, load, cake, auto] = [0, 1, 2, 3].map(|k| runs_of[k][r].ttft_ms);
+                let best = compute.min(load);
+                per_round[0].push(cake / oracle_at(&shapes[r], compute, load).0);
+                per_round[1].push(cake / best);
+                per_round[2].push(auto / best);
+            }
             let mut ttft = std::collections::HashMap::new();
             for (&s, mut us) in strategies.iter().zip(runs_of) {
                 us.sort_by(|a, b| a.ttft_ms.total_cmp(&b.ttft_ms));
@@ -228,18 +247,6 @@ pub async fn run(
                     loaded_tokens: u.loaded_tokens,
                 });
             }
-            // The oracle at a given compute-only and load-only TTFT: the
-            // chunk pass's shape scaled to that compute-only TTFT, and one
-            // chunk's load time from the load-only TTFT less the computed
-            // suffix, over the chunks it loaded.
-            let oracle_at = |shape: &[f64], compute_ms: f64, load_ms: f64| {
-                let level = compute_ms / 1e3 / shape.iter().sum::<f64>().max(1e-12);
-                let chunk_s: Vec<f64> = shape.iter().map(|t| t * level).collect();
-                let suffix_s: f64 = chunk_s[cached..].iter().sum();
-                let load_s = ((load_ms / 1e3 - suffix_s) / cached.max(1) as f64).max(0.0);
-                let (t, k) = oracle(&chunk_s, cached, load_s);
-                (t * 1e3, k)
-            };
             let (t, k) = oracle_at(
                 &chunkwise_median(&shapes),
                 ttft[&Strategy::Compute],
@@ -253,16 +260,6 @@ pub async fn run(
                 computed_tokens: context - (cached - k) * c,
                 loaded_tokens: (cached - k) * c,
             });
-            // Each round's ratios, from that round's own runs: a slow spell
-            // moves both sides of a ratio measured together.
-            let mut per_round = [Vec::new(), Vec::new(), Vec::new()];
-            for r in 0..runs {
-                let [compute, load, cake, auto] = [0, 1, 2, 3].map(|k| rounds[k][r]);
-                let best = compute.min(load);
-                per_round[0].push(cake / oracle_at(&shapes[r], compute, load).0);
-                per_round[1].push(cake / best);
-                per_round[2].push(auto / best);
-            }
             ratios.push(Ratios {
                 context,
                 bandwidth_bytes_per_s: bw,

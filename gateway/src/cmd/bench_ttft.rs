@@ -127,26 +127,15 @@ fn print_table(r: &TtftReport) {
         "auto/min",
         "cake meets at"
     );
-    let mut keys: Vec<(usize, f64)> = r
-        .rows
-        .iter()
-        .map(|x| (x.context, x.bandwidth_bytes_per_s))
-        .collect();
-    keys.dedup();
-    for (ctx, bw) in keys {
+    for x in &r.ratios {
+        let (ctx, bw) = (x.context, x.bandwidth_bytes_per_s);
         let t = |s: &str| r.get(ctx, bw, s).map(|x| x.ttft_ms).unwrap_or(f64::NAN);
         let (c, l, k, a, o) = (t("compute"), t("load"), t("cake"), t("auto"), t("oracle"));
         let meet = r
             .get(ctx, bw, "cake")
             .map(|x| format!("{}c/{}l", x.computed_tokens, x.loaded_tokens))
             .unwrap_or_default();
-        let ratios = r
-            .ratios
-            .iter()
-            .find(|x| x.context == ctx && x.bandwidth_bytes_per_s == bw);
-        let (ko, km, am) = ratios.map_or((k / o, k / c.min(l), a / c.min(l)), |x| {
-            (x.cake_over_oracle, x.cake_over_min, x.auto_over_min)
-        });
+        let (ko, km, am) = (x.cake_over_oracle, x.cake_over_min, x.auto_over_min);
         println!(
             "{ctx:>7} {:>9.3} {c:>9.0} {l:>9.0} {k:>9.0} {a:>9.0} {o:>9.0} {ko:>11.2} {km:>12.2} {am:>10.2} {meet:>14}",
             bw / 1e9,
