@@ -91,6 +91,33 @@ impl DeviceChunk {
         })
     }
 
+    /// A chunk whose planes `fill(p, out)` writes (plane `p`: layer `p / 2`,
+    /// K when even, V when odd; `out` holds one plane's values). On the CPU
+    /// each plane is written once, into its tensor's own buffer; on a GPU it
+    /// is then uploaded as [`DeviceChunk::from_host`] does.
+    pub(crate) fn from_planes(
+        layout: KvLayout,
+        tokens: usize,
+        device: Device,
+        mut fill: impl FnMut(usize, &mut [f32]),
+    ) -> Result<DeviceChunk, EngineError> {
+        let shape = [tokens, layout.kv_heads, layout.head_dim];
+        let plane = tokens * layout.kv_heads * layout.head_dim;
+        let mut k = Vec::with_capacity(layout.layers);
+        let mut v = Vec::with_capacity(layout.layers);
+        for p in 0..2 * layout.layers {
+            let mut data = vec![0.0; plane];
+            fill(p, &mut data);
+            let t = if device.is_cpu() {
+                Tensor::from_vec(data, &shape, device)?
+            } else {
+                Tensor::upload(&data, &shape, device)?
+            };
+            if p % 2 == 0 { k.push(t) } else { v.push(t) }
+        }
+        Ok(DeviceChunk { tokens, k, v })
+    }
+
     /// A chunk from 16-bit payload values (`bf16` true: bfloat16, else
     /// IEEE half) in [`KvChunk`] order: on a GPU the bits are uploaded as
     /// they are and widened there (the codec's decode on the GPU).

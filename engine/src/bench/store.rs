@@ -10,7 +10,8 @@
 //!   bytes held in memory;
 //! - `load`: `KvStore::get_many`, which also checks each chunk (header and
 //!   xxh3 checksum);
-//! - `decode`: `get` and decode to f32, i.e. what the loader ends with.
+//! - `decode`: `get`, then the loader's own path to the KV as the
+//!   model's tensors (on the CPU), i.e. what the loader ends with.
 //!
 //! Figures are medians over rounds; the passes alternate order each round.
 
@@ -143,6 +144,8 @@ pub enum StoreBenchError {
     Io(#[from] std::io::Error),
     #[error("chunk {0} was not read back (is the store large enough, or was it evicted?)")]
     Missing(ChunkKey),
+    #[error("making a chunk ready on the device: {0}")]
+    Device(String),
 }
 
 /// What the raw pass reads from.
@@ -408,7 +411,11 @@ async fn decode_pass(
     let t = Instant::now();
     let mut s = futures::stream::iter(keys.iter().enumerate().map(|(i, k)| async move {
         let chunk = store.get(*k).await.ok_or(StoreBenchError::Missing(*k))?;
-        Ok::<_, StoreBenchError>(chunk.decode(ctx, i as u32)?)
+        chunk.check(ctx, i as u32)?;
+        // What the loader does with a chunk: its KV as the model's tensors.
+        chunk
+            .checked_to_device(cake_kernels::Device::Cpu)
+            .map_err(|e| StoreBenchError::Device(e.to_string()))
     }))
     .buffer_unordered(depth);
     while let Some(r) = s.next().await {

@@ -119,26 +119,49 @@ impl Codec {
     /// Decodes a payload whose length the caller has checked against
     /// [`Codec::payload_len`] into `out` (`tokens` positions of `layout`).
     pub(crate) fn decode(self, layout: KvLayout, tokens: usize, payload: &[u8], out: &mut [f32]) {
+        let plane = tokens * layout.kv_heads * layout.head_dim;
+        if plane == 0 {
+            return;
+        }
+        for (p, dst) in out.chunks_exact_mut(plane).enumerate() {
+            self.decode_plane(layout, tokens, payload, p, dst);
+        }
+    }
+
+    /// Decodes plane `p` of a checked payload (layer `p / 2`, K when `p`
+    /// is even, V when odd: the `KvChunk` order) into `out`, which holds
+    /// one plane (`tokens × kv_heads × head_dim` values). Lets a reader
+    /// decode straight into per-layer buffers, one pass over the bytes.
+    pub(crate) fn decode_plane(
+        self,
+        layout: KvLayout,
+        tokens: usize,
+        payload: &[u8],
+        p: usize,
+        out: &mut [f32],
+    ) {
+        let plane = out.len();
+        let values = |width: usize| &payload[p * plane * width..(p + 1) * plane * width];
         match self {
             Codec::F32 => {
-                for (o, s) in out.iter_mut().zip(payload.chunks_exact(4)) {
+                for (o, s) in out.iter_mut().zip(values(4).chunks_exact(4)) {
                     *o = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
             }
             Codec::F16 => {
                 let mut bits = [0u16; BLOCK];
-                for (src, dst) in payload.chunks(BLOCK * 2).zip(out.chunks_mut(BLOCK)) {
+                for (src, dst) in values(2).chunks(BLOCK * 2).zip(out.chunks_mut(BLOCK)) {
                     let b = &mut bits[..dst.len()];
                     read_u16s(src, b);
                     b.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
                 }
             }
             Codec::Bf16 => {
-                for (o, s) in out.iter_mut().zip(payload.chunks_exact(2)) {
+                for (o, s) in out.iter_mut().zip(values(2).chunks_exact(2)) {
                     *o = f32::from_bits(u32::from(u16::from_le_bytes([s[0], s[1]])) << 16);
                 }
             }
-            Codec::Int8 => decode_int8(layout, tokens, payload, out),
+            Codec::Int8 => decode_int8_plane(layout, tokens, payload, p, out),
         }
     }
 }
@@ -235,27 +258,21 @@ fn encode_int8(layout: KvLayout, tokens: usize, data: &[f32], out: &mut Vec<u8>)
     }
 }
 
-fn decode_int8(layout: KvLayout, tokens: usize, payload: &[u8], out: &mut [f32]) {
+/// Plane `p` of an int8 payload (see [`encode_int8`]) into `out`.
+fn decode_int8_plane(layout: KvLayout, tokens: usize, payload: &[u8], p: usize, out: &mut [f32]) {
     let (channels, plane, planes) = int8_shape(layout, tokens);
     if channels == 0 || plane == 0 {
         return;
     }
     let (scale_bytes, values) = payload.split_at(planes * channels * 4);
-    let mut scales = vec![0f32; channels];
-    for p in 0..planes {
-        let sb = &scale_bytes[p * channels * 4..(p + 1) * channels * 4];
-        for (s, b) in scales.iter_mut().zip(sb.chunks_exact(4)) {
-            *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        let src = &values[p * plane..(p + 1) * plane];
-        let dst = &mut out[p * plane..(p + 1) * plane];
-        for (drow, row) in dst
-            .chunks_exact_mut(channels)
-            .zip(src.chunks_exact(channels))
-        {
-            for ((d, q), s) in drow.iter_mut().zip(row).zip(&scales) {
-                *d = f32::from(*q as i8) * s;
-            }
+    let scales: Vec<f32> = scale_bytes[p * channels * 4..(p + 1) * channels * 4]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let src = &values[p * plane..(p + 1) * plane];
+    for (drow, row) in out.chunks_exact_mut(channels).zip(src.chunks_exact(channels)) {
+        for ((d, q), s) in drow.iter_mut().zip(row).zip(&scales) {
+            *d = f32::from(*q as i8) * s;
         }
     }
 }
@@ -369,6 +386,28 @@ mod tests {
             let data = &data[..tokens * 64];
             let out = round_trip(Codec::Bf16, tokens, data);
             prop_assert_eq!(bits(&out), bits(data));
+        }
+
+        /// A reader decoding plane by plane into per-layer buffers gets
+        /// exactly the whole-payload decode, for every codec.
+        #[test]
+        fn planes_decode_as_the_whole(tokens in 1usize..6, seed in any::<u32>()) {
+            let n = tokens * L.values_per_token();
+            let data: Vec<f32> = (0..n)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / 1e7 - 200.0)
+                .collect();
+            let plane = tokens * L.kv_heads * L.head_dim;
+            for codec in Codec::ALL {
+                let mut bytes = Vec::new();
+                codec.encode(L, tokens, &data, &mut bytes);
+                let mut whole = vec![f32::NAN; n];
+                codec.decode(L, tokens, &bytes, &mut whole);
+                let mut planes = vec![f32::NAN; n];
+                for (p, out) in planes.chunks_exact_mut(plane).enumerate() {
+                    codec.decode_plane(L, tokens, &bytes, p, out);
+                }
+                prop_assert_eq!(bits(&planes), bits(&whole), "{}", codec);
+            }
         }
 
         #[test]

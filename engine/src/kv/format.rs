@@ -304,12 +304,18 @@ impl EncodedChunk {
                     device,
                 )
             }
-            _ => {
-                let chunk = self
-                    .checked_decode()
-                    .map_err(|e| crate::EngineError::KvLayout(e.to_string()))?;
-                crate::cache::DeviceChunk::from_host(&chunk, device)
-            }
+            // Decoded plane by plane into the tensors' own buffers: one
+            // pass over the bytes, no whole-chunk staging copy.
+            _ => crate::cache::DeviceChunk::from_planes(
+                h.layout,
+                h.tokens as usize,
+                device,
+                |p, out| {
+                    let payload = &self.bytes[HEADER_LEN..];
+                    h.codec
+                        .decode_plane(h.layout, h.tokens as usize, payload, p, out)
+                },
+            ),
         }
     }
 
