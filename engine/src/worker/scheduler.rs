@@ -242,9 +242,15 @@ impl Scheduler {
                 // Not asked what it needs, so it claims nothing now.
                 continue;
             }
-            match seq.next(&steal) {
+            match seq.next(&steal, budget) {
                 Err(e) => failed.push((i, e)),
                 Ok(Next::Finished | Next::Blocked) => {}
+                Ok(Next::NoRoom) => {
+                    // It has prefill work, as a piece that does not fit.
+                    if self.cfg.priority_alone && top.is_none() {
+                        top = Some(seq.req.priority);
+                    }
+                }
                 Ok(Next::Decode) => {
                     picked.push((i, Piece::Decode));
                     budget -= 1;
@@ -253,8 +259,9 @@ impl Scheduler {
                     if self.cfg.priority_alone && top.is_none() {
                         top = Some(seq.req.priority);
                     }
-                    // A piece that does not fit waits (its chunk stays
-                    // claimed) for a step with room.
+                    // A piece that does not fit waits for a step with
+                    // room (a chunk of the cached range is not even
+                    // claimed then: `Seq::next` knows the room).
                     if end - start <= budget {
                         picked.push((i, Piece::Prefill { start, end }));
                         budget -= end - start;

@@ -45,6 +45,9 @@ pub(crate) enum Next {
     Decode,
     /// Waiting for a load to finish.
     Blocked,
+    /// Its next chunk does not fit in what is left of this step's budget
+    /// (and was not claimed).
+    NoRoom,
     /// Nothing left.
     Finished,
 }
@@ -125,8 +128,15 @@ impl Seq {
     ///
     /// `steal(issued, chunk)` says whether compute should take over chunk
     /// `chunk` whose load has been in flight since `issued` rather than
-    /// wait for it.
-    pub fn next(&mut self, steal: &dyn Fn(Instant, usize) -> bool) -> Result<Next, EngineError> {
+    /// wait for it. `room`: tokens left in this step's budget. Compute
+    /// claims a chunk of the cached range only when it can run it in this
+    /// step: a claim left waiting for a step with room would keep the I/O
+    /// side off that chunk while the link sits idle.
+    pub fn next(
+        &mut self,
+        steal: &dyn Fn(Instant, usize) -> bool,
+        room: usize,
+    ) -> Result<Next, EngineError> {
         match self.phase {
             Phase::Done => return Ok(Next::Finished),
             Phase::Decode => return Ok(Next::Decode),
@@ -150,7 +160,7 @@ impl Seq {
                     return Ok(Next::Blocked);
                 }
                 Slot::Loading(issued) => {
-                    if self.strategy == Strategy::Load || !steal(issued, i) {
+                    if self.strategy == Strategy::Load || c > room || !steal(issued, i) {
                         slots[i] = Slot::Loading(issued);
                         return Ok(Next::Blocked);
                     }
@@ -165,6 +175,12 @@ impl Seq {
                         end: (i + 1) * c,
                     });
                 }
+                // No room in this step: left unclaimed, so the I/O side
+                // may still load it meanwhile.
+                slot @ (Slot::Stored | Slot::Hole | Slot::Failed) if c > room => {
+                    slots[i] = slot;
+                    return Ok(Next::NoRoom);
+                }
                 Slot::Stored | Slot::Hole | Slot::Failed => {
                     slots[i] = Slot::Computing;
                     return Ok(Next::Prefill {
@@ -172,7 +188,7 @@ impl Seq {
                         end: (i + 1) * c,
                     });
                 }
-                // Claimed by us in an earlier step that had no budget left.
+                // Claimed by us earlier and not run yet.
                 Slot::Computing => {
                     slots[i] = Slot::Computing;
                     return Ok(Next::Prefill {
@@ -345,5 +361,82 @@ impl Seq {
 
     pub fn client_gone(&self) -> bool {
         self.events.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::init::{Dtype, preset, write_checkpoint};
+    use crate::{Device, Model};
+
+    const C: usize = 16;
+
+    /// A cake request over a tiny model whose first three chunks are
+    /// stored, with its load plan.
+    fn cached_seq(dir: &std::path::Path) -> (Seq, Arc<LoadPlan>) {
+        write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, dir).unwrap();
+        let model = Model::load(dir, Device::Cpu).unwrap();
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let req = WorkRequest {
+            id: "t".into(),
+            prompt: vec![1; 4 * C],
+            options: Default::default(),
+            cache_group: "g".into(),
+            strategy: Some(Strategy::Cake),
+            priority: 0,
+        };
+        let plan = LoadPlan::new(&[true; 3]);
+        let seq = Seq {
+            decoding: Decoding::new(&model, &tokenizer, generate_options(&req, C)),
+            events: tokio::sync::mpsc::unbounded_channel().0,
+            arrival: Instant::now(),
+            class: RequestClass::Cached,
+            strategy: Strategy::Cake,
+            keys: Vec::new(),
+            stored: vec![true; 3],
+            cached_end: 3,
+            plan: Some(plan.clone()),
+            chunk_tokens: C,
+            cache: model.new_cache(),
+            front: 0,
+            phase: Phase::Prefill,
+            logits: Vec::new(),
+            loaded_tokens: 0,
+            computed_tokens: 0,
+            computed_chunks: Vec::new(),
+            ttft: None,
+            prompt_logprobs: Vec::new(),
+            worker: "w".into(),
+            ctx: None,
+            req,
+        };
+        (seq, plan)
+    }
+
+    /// Compute claims a chunk only in a step that can run it: a claim left
+    /// waiting would keep the I/O side off the chunk with the link idle.
+    #[test]
+    fn compute_claims_only_what_fits_this_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut seq, plan) = cached_seq(tmp.path());
+        let never = |_: Instant, _: usize| false;
+        let always = |_: Instant, _: usize| true;
+
+        assert_eq!(seq.next(&never, C - 1).unwrap(), Next::NoRoom);
+        assert!(matches!(plan.lock()[0], Slot::Stored), "claimed without room");
+        let chunk0 = Next::Prefill { start: 0, end: C };
+        assert_eq!(seq.next(&never, C).unwrap(), chunk0);
+        assert!(matches!(plan.lock()[0], Slot::Computing));
+
+        // A chunk being loaded is not taken over without room either.
+        seq.front = 1;
+        plan.lock()[1] = Slot::Loading(Instant::now());
+        assert_eq!(seq.next(&always, C - 1).unwrap(), Next::Blocked);
+        assert!(matches!(plan.lock()[1], Slot::Loading(_)));
+        let chunk1 = Next::Prefill { start: C, end: 2 * C };
+        assert_eq!(seq.next(&always, C).unwrap(), chunk1);
+        assert!(matches!(plan.lock()[1], Slot::Computing));
     }
 }
