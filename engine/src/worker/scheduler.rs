@@ -230,9 +230,20 @@ impl Scheduler {
         // With `priority_alone`: the priority of the first request that has
         // prefill work this step; lower ones do not prefill in it.
         let mut top: Option<u8> = None;
+        // Loads that landed since the last step count before ranking: a
+        // request whose cached range is all in is no longer Cake's
+        // compute side but an ordinary prefill of its suffix.
+        for (i, seq) in self.active.iter_mut().enumerate() {
+            if let Err(e) = seq.take_loaded() {
+                failed.push((i, e));
+            }
+        }
         for i in self.order() {
             if budget == 0 {
                 break;
+            }
+            if failed.iter().any(|(j, _)| *j == i) {
+                continue;
             }
             let seq = &mut self.active[i];
             if let Some(t) = top

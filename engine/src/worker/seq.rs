@@ -123,6 +123,37 @@ impl Seq {
         }
     }
 
+    /// Takes the loaded chunks at the front into the cache (they cost no
+    /// compute), so that the scheduler ranks the request by the work it
+    /// has left: past its cached range, only an ordinary prefill.
+    pub fn take_loaded(&mut self) -> Result<(), EngineError> {
+        let Some(plan) = self.plan.clone() else {
+            return Ok(());
+        };
+        while self.phase == Phase::Prefill && self.front < self.cached_end {
+            let mut slots = plan.lock();
+            let i = self.front;
+            match std::mem::replace(&mut slots[i], Slot::Used) {
+                Slot::Loaded(chunk) => {
+                    drop(slots);
+                    self.use_loaded(chunk)?;
+                }
+                other => {
+                    slots[i] = other;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn use_loaded(&mut self, chunk: crate::cache::DeviceChunk) -> Result<(), EngineError> {
+        self.cache.push_loaded(chunk)?;
+        self.loaded_tokens += self.chunk_tokens;
+        self.front += 1;
+        Ok(())
+    }
+
     /// Decides the next piece of work, taking loaded chunks at the front
     /// into the cache on the way (they cost no compute).
     ///
@@ -150,9 +181,7 @@ impl Seq {
             match std::mem::replace(&mut slots[i], Slot::Used) {
                 Slot::Loaded(chunk) => {
                     drop(slots);
-                    self.cache.push_loaded(chunk)?;
-                    self.loaded_tokens += c;
-                    self.front += 1;
+                    self.use_loaded(chunk)?;
                 }
                 Slot::Stored if self.strategy == Strategy::Load => {
                     // Load-only: stored chunks are the I/O side's.
@@ -438,5 +467,28 @@ mod tests {
         let chunk1 = Next::Prefill { start: C, end: 2 * C };
         assert_eq!(seq.next(&always, C).unwrap(), chunk1);
         assert!(matches!(plan.lock()[1], Slot::Computing));
+    }
+
+    /// Landed chunks at the front are taken in before the step is ranked;
+    /// a chunk still to load or compute stops it.
+    #[test]
+    fn landed_front_chunks_are_taken_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut seq, plan) = cached_seq(tmp.path());
+        let layout = seq.cache.layout();
+        let landed = || {
+            Slot::Loaded(
+                crate::cache::DeviceChunk::from_planes(layout, C, Device::Cpu, |_, _| {}).unwrap(),
+            )
+        };
+        plan.lock()[0] = landed();
+        plan.lock()[2] = landed();
+        seq.take_loaded().unwrap();
+        assert_eq!((seq.front, seq.loaded_tokens, seq.cache.len()), (1, C, C));
+        assert!(matches!(plan.lock()[1], Slot::Stored));
+        assert!(matches!(plan.lock()[2], Slot::Loaded(_)));
+        plan.lock()[1] = landed();
+        seq.take_loaded().unwrap();
+        assert_eq!((seq.front, seq.loaded_tokens), (3, 3 * C));
     }
 }
