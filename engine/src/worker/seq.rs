@@ -173,15 +173,19 @@ impl Seq {
             Phase::Decode => return Ok(Next::Decode),
             Phase::Prefill => {}
         }
+        self.take_loaded()?;
         let c = self.chunk_tokens;
-        while self.front < self.cached_end {
-            let Some(plan) = &self.plan else { break };
+        if self.front < self.cached_end
+            && let Some(plan) = &self.plan
+        {
             let mut slots = plan.lock();
             let i = self.front;
             match std::mem::replace(&mut slots[i], Slot::Used) {
-                Slot::Loaded(chunk) => {
-                    drop(slots);
-                    self.use_loaded(chunk)?;
+                // Landed just now, after `take_loaded` looked: the I/O
+                // side's wake-up brings the scheduler back for it.
+                loaded @ Slot::Loaded(_) => {
+                    slots[i] = loaded;
+                    return Ok(Next::Blocked);
                 }
                 Slot::Stored if self.strategy == Strategy::Load => {
                     // Load-only: stored chunks are the I/O side's.
