@@ -270,7 +270,10 @@ fn decode_int8_plane(layout: KvLayout, tokens: usize, payload: &[u8], p: usize, 
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let src = &values[p * plane..(p + 1) * plane];
-    for (drow, row) in out.chunks_exact_mut(channels).zip(src.chunks_exact(channels)) {
+    for (drow, row) in out
+        .chunks_exact_mut(channels)
+        .zip(src.chunks_exact(channels))
+    {
         for ((d, q), s) in drow.iter_mut().zip(row).zip(&scales) {
             *d = f32::from(*q as i8) * s;
         }

@@ -458,7 +458,10 @@ mod tests {
         let always = |_: Instant, _: usize| true;
 
         assert_eq!(seq.next(&never, C - 1).unwrap(), Next::NoRoom);
-        assert!(matches!(plan.lock()[0], Slot::Stored), "claimed without room");
+        assert!(
+            matches!(plan.lock()[0], Slot::Stored),
+            "claimed without room"
+        );
         let chunk0 = Next::Prefill { start: 0, end: C };
         assert_eq!(seq.next(&never, C).unwrap(), chunk0);
         assert!(matches!(plan.lock()[0], Slot::Computing));
@@ -468,7 +471,10 @@ mod tests {
         plan.lock()[1] = Slot::Loading(Instant::now());
         assert_eq!(seq.next(&always, C - 1).unwrap(), Next::Blocked);
         assert!(matches!(plan.lock()[1], Slot::Loading(_)));
-        let chunk1 = Next::Prefill { start: C, end: 2 * C };
+        let chunk1 = Next::Prefill {
+            start: C,
+            end: 2 * C,
+        };
         assert_eq!(seq.next(&always, C).unwrap(), chunk1);
         assert!(matches!(plan.lock()[1], Slot::Computing));
     }
