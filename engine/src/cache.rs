@@ -71,51 +71,59 @@ pub(crate) struct DeviceChunk {
 }
 
 impl DeviceChunk {
+    /// A chunk from its `2 × layers` planes in [`KvChunk`] order (plane
+    /// `p`: layer `p / 2`, K when even, V when odd); `make(p, shape)`
+    /// makes plane `p`'s tensor.
+    fn assemble(
+        layout: KvLayout,
+        tokens: usize,
+        mut make: impl FnMut(usize, &[usize]) -> Result<Tensor, EngineError>,
+    ) -> Result<DeviceChunk, EngineError> {
+        let shape = [tokens, layout.kv_heads, layout.head_dim];
+        let mut k = Vec::with_capacity(layout.layers);
+        let mut v = Vec::with_capacity(layout.layers);
+        for p in 0..2 * layout.layers {
+            let t = make(p, &shape)?;
+            if p % 2 == 0 { k.push(t) } else { v.push(t) }
+        }
+        Ok(DeviceChunk { tokens, k, v })
+    }
+
     /// A host chunk's KV as tensors on `device`. On a GPU each plane is
     /// uploaded on the copy stream, overlapping compute; the ops that read
     /// it wait for its copy.
     pub(crate) fn from_host(chunk: &KvChunk, device: Device) -> Result<DeviceChunk, EngineError> {
         check_values(chunk.layout, chunk.tokens, chunk.data.len())?;
-        let l = chunk.layout;
-        let shape = [chunk.tokens, l.kv_heads, l.head_dim];
-        let mut k = Vec::with_capacity(l.layers);
-        let mut v = Vec::with_capacity(l.layers);
-        for i in 0..l.layers {
-            k.push(Tensor::upload(chunk.k(i), &shape, device)?);
-            v.push(Tensor::upload(chunk.v(i), &shape, device)?);
-        }
-        Ok(DeviceChunk {
-            tokens: chunk.tokens,
-            k,
-            v,
+        let n = chunk.plane();
+        DeviceChunk::assemble(chunk.layout, chunk.tokens, |p, shape| {
+            Ok(Tensor::upload(
+                &chunk.data[p * n..(p + 1) * n],
+                shape,
+                device,
+            )?)
         })
     }
 
-    /// A chunk whose planes `fill(p, out)` writes (plane `p`: layer `p / 2`,
-    /// K when even, V when odd; `out` holds one plane's values). On the CPU
-    /// each plane is written once, into its tensor's own buffer; on a GPU it
-    /// is then uploaded as [`DeviceChunk::from_host`] does.
+    /// A chunk whose planes `fill(p, out)` writes (`out` holds one plane's
+    /// values). On the CPU each plane is written once, into its tensor's
+    /// own buffer; on a GPU it is then uploaded as
+    /// [`DeviceChunk::from_host`] does.
     pub(crate) fn from_planes(
         layout: KvLayout,
         tokens: usize,
         device: Device,
         mut fill: impl FnMut(usize, &mut [f32]),
     ) -> Result<DeviceChunk, EngineError> {
-        let shape = [tokens, layout.kv_heads, layout.head_dim];
-        let plane = tokens * layout.kv_heads * layout.head_dim;
-        let mut k = Vec::with_capacity(layout.layers);
-        let mut v = Vec::with_capacity(layout.layers);
-        for p in 0..2 * layout.layers {
-            let mut data = vec![0.0; plane];
+        let n = tokens * layout.kv_heads * layout.head_dim;
+        DeviceChunk::assemble(layout, tokens, |p, shape| {
+            let mut data = vec![0.0; n];
             fill(p, &mut data);
-            let t = if device.is_cpu() {
-                Tensor::from_vec(data, &shape, device)?
+            Ok(if device.is_cpu() {
+                Tensor::from_vec(data, shape, device)?
             } else {
-                Tensor::upload(&data, &shape, device)?
-            };
-            if p % 2 == 0 { k.push(t) } else { v.push(t) }
-        }
-        Ok(DeviceChunk { tokens, k, v })
+                Tensor::upload(&data, shape, device)?
+            })
+        })
     }
 
     /// A chunk from 16-bit payload values (`bf16` true: bfloat16, else
@@ -129,19 +137,15 @@ impl DeviceChunk {
         device: Device,
     ) -> Result<DeviceChunk, EngineError> {
         check_values(layout, tokens, bits.len())?;
-        let shape = [tokens, layout.kv_heads, layout.head_dim];
-        let plane = tokens * layout.kv_heads * layout.head_dim;
-        let mut k = Vec::with_capacity(layout.layers);
-        let mut v = Vec::with_capacity(layout.layers);
-        for (i, kv) in bits
-            .chunks(plane.max(1))
-            .enumerate()
-            .take(2 * layout.layers)
-        {
-            let t = Tensor::from_half_bits(kv, bf16, &shape, device)?;
-            if i % 2 == 0 { k.push(t) } else { v.push(t) }
-        }
-        Ok(DeviceChunk { tokens, k, v })
+        let n = tokens * layout.kv_heads * layout.head_dim;
+        DeviceChunk::assemble(layout, tokens, |p, shape| {
+            Ok(Tensor::from_half_bits(
+                &bits[p * n..(p + 1) * n],
+                bf16,
+                shape,
+                device,
+            )?)
+        })
     }
 }
 
