@@ -32,6 +32,6 @@ pub use report::{
 pub use runner::{Record, RunError, RunResult, RunSpec, run};
 pub use serve::{DEFAULT_SERVE_CMD, ServeError, Served, command_line};
 pub use workload::{
-    Arrival, ArrivalProcess, Conversation, Dist, DistKind, Fresh, Mix, Output, PromptFormat,
-    SharedPrefix, Skew, Tenant, Workload, WorkloadError,
+    Arrival, ArrivalProcess, Conversation, ConversationMode, Dist, DistKind, Fanout, Fresh, Mix,
+    Output, PromptFormat, SharedPrefix, Skew, Tenant, WavePacing, Workload, WorkloadError,
 };

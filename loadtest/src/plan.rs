@@ -2,11 +2,17 @@
 //! before the first byte is sent (open loop). Prompt *content* is not held
 //! here, only what is needed to regenerate it (see `prompt.rs`), so a plan of
 //! a million requests stays small.
+//!
+//! Closed loops (conversations in `closed` mode, `back_to_back` fan-out
+//! waves) appear here as one item at the time they start; what follows
+//! depends on the server's answers and is driven by `session.rs`.
 
 use std::time::Duration;
 
 use crate::rng::{Rng, cumulative};
-use crate::workload::{ArrivalProcess, Dist, DistKind, MAX_REQUESTS, Skew, Workload};
+use crate::workload::{
+    ArrivalProcess, ConversationMode, Dist, DistKind, MAX_REQUESTS, Skew, WavePacing, Workload,
+};
 
 /// Stream ids for [`Rng::new`], one per purpose.
 pub(crate) mod streams {
@@ -16,6 +22,10 @@ pub(crate) mod streams {
     pub const DOCUMENT: u64 = 4;
     pub const CONV_SYSTEM: u64 = 5;
     pub const CONV_TURN: u64 = 6;
+    pub const WAVE: u64 = 7;
+    pub const WAVE_DOCUMENT: u64 = 8;
+    pub const WAVE_QUESTION: u64 = 9;
+    pub const SESSION_OUTPUT: u64 = 10;
 }
 
 /// What kind of prompt a request carries (the workload's view; the server's
@@ -28,6 +38,8 @@ pub enum Kind {
     Fresh,
     /// A turn of a conversation.
     Conversation,
+    /// A member of a fan-out wave.
+    Fanout,
 }
 
 impl Kind {
@@ -37,6 +49,7 @@ impl Kind {
             Kind::SharedPrefix => "shared_prefix",
             Kind::Fresh => "fresh",
             Kind::Conversation => "conversation",
+            Kind::Fanout => "fanout",
         }
     }
 }
@@ -50,6 +63,12 @@ pub(crate) enum PromptSpec {
     Fresh { tokens: u32 },
     /// Turn `turn` (0-based) of conversation number `conv`.
     Turn { conv: u64, turn: u32 },
+    /// Member `member` of fan-out wave `wave` (its own document).
+    Wave { wave: u32, member: u32 },
+    /// Starts closed conversation `conv`: every turn, back to back.
+    Closed { conv: u64 },
+    /// Starts the `back_to_back` fan-out waves.
+    WaveSeries,
 }
 
 /// One scheduled request.
@@ -88,6 +107,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Schedule length in seconds.
     pub duration_s: f64,
+    /// Requests the plan will send, closed loops included (a `back_to_back`
+    /// series without a `waves` count adds none: its length is not known).
+    pub requests: usize,
 }
 
 /// Draws a length from a distribution (already validated).
@@ -215,7 +237,10 @@ impl Conversations {
 impl Plan {
     /// Builds the schedule of a validated workload. Same workload, same plan.
     pub fn build(w: &Workload) -> Plan {
-        let (times, steps) = arrivals(w);
+        let (mut times, steps) = arrivals(w);
+        if w.mix.shared_prefix + w.mix.fresh + w.mix.conversation <= 0.0 {
+            times.clear(); // only fan-out waves
+        }
         let tenants = w.effective_tenants();
         let tenant_cum = cumulative(tenants.iter().map(|t| t.share));
         let kind_cum = cumulative([w.mix.shared_prefix, w.mix.fresh, w.mix.conversation]);
@@ -232,8 +257,10 @@ impl Plan {
             next_conv: u64::from(conv_slots),
             turns: w.conversation.turns.max(1),
         };
+        let closed = w.conversation.mode == ConversationMode::Closed;
+        let mut next_closed = 0u64;
         let mut rng = Rng::new(w.seed, streams::CHOICE, 0);
-        let items = times
+        let mut items: Vec<Planned> = times
             .into_iter()
             .map(|(t, step)| {
                 let tenant = rng.weighted(&tenant_cum) as u16;
@@ -251,6 +278,15 @@ impl Plan {
                             tokens: sample(&w.fresh.prompt_tokens, &mut rng),
                         },
                     ),
+                    _ if closed => {
+                        next_closed += 1;
+                        (
+                            Kind::Conversation,
+                            PromptSpec::Closed {
+                                conv: next_closed - 1,
+                            },
+                        )
+                    }
                     _ => (Kind::Conversation, convs.next(&mut rng)),
                 };
                 Planned {
@@ -263,10 +299,65 @@ impl Plan {
                 }
             })
             .collect();
+        let mut requests = items.len();
+        if closed {
+            requests += next_closed as usize * (w.conversation.turns.max(1) as usize - 1);
+        }
+        requests += waves(w, &tenant_cum, &steps, &mut items);
         Plan {
             items,
             steps,
             duration_s: w.duration_s,
+            requests,
+        }
+    }
+}
+
+/// Adds the fan-out waves to `items` (kept in send order); returns how
+/// many requests they will send. All members of a wave share a tenant.
+fn waves(w: &Workload, tenant_cum: &[f64], steps: &[Step], items: &mut Vec<Planned>) -> usize {
+    let Some(f) = &w.fanout else { return 0 };
+    let mut rng = Rng::new(w.seed, streams::WAVE, 0);
+    let size = f.wave_size as usize;
+    match f.pacing {
+        WavePacing::BackToBack => {
+            items.insert(
+                0,
+                Planned {
+                    at: Duration::ZERO,
+                    tenant: rng.weighted(tenant_cum) as u16,
+                    kind: Kind::Fanout,
+                    step: 0,
+                    max_tokens: sample(&w.output.max_tokens, &mut rng),
+                    prompt: PromptSpec::WaveSeries,
+                },
+            );
+            f.waves as usize * size
+        }
+        WavePacing::Interval => {
+            let n = f.interval_waves(w.duration_s);
+            for wave in 0..n {
+                let t = wave as f64 * f.interval_s;
+                let step = steps
+                    .iter()
+                    .position(|s| t >= s.start_s && t < s.end_s)
+                    .unwrap_or(0) as u16;
+                let tenant = rng.weighted(tenant_cum) as u16;
+                items.extend((0..f.wave_size).map(|member| Planned {
+                    at: Duration::from_secs_f64(t),
+                    tenant,
+                    kind: Kind::Fanout,
+                    step,
+                    max_tokens: sample(&w.output.max_tokens, &mut rng),
+                    prompt: PromptSpec::Wave {
+                        wave: wave as u32,
+                        member,
+                    },
+                }));
+            }
+            // Stable: open-loop items keep their order among equal times.
+            items.sort_by_key(|i| i.at);
+            n as usize * size
         }
     }
 }
@@ -401,6 +492,83 @@ mod tests {
             );
             assert!(turns.len() <= 3);
         }
+    }
+
+    #[test]
+    fn interval_waves_share_a_time_and_a_tenant_each() {
+        let mut w = workload();
+        w.duration_s = 25.0;
+        w.arrival.rate = 1.0;
+        w.fanout = Some(crate::workload::Fanout {
+            wave_size: 4,
+            interval_s: 10.0,
+            ..Default::default()
+        });
+        let p = Plan::build(&w);
+        let waves: Vec<&Planned> = p.items.iter().filter(|i| i.kind == Kind::Fanout).collect();
+        assert_eq!(waves.len(), 12);
+        assert_eq!(p.requests, p.items.len());
+        for k in 0..3u32 {
+            let members: Vec<_> = waves
+                .iter()
+                .filter(|i| matches!(i.prompt, PromptSpec::Wave { wave, .. } if wave == k))
+                .collect();
+            assert_eq!(members.len(), 4);
+            assert!(
+                members
+                    .iter()
+                    .all(|i| i.at == Duration::from_secs(u64::from(k) * 10))
+            );
+            assert!(members.iter().all(|i| i.tenant == members[0].tenant));
+        }
+        assert!(p.items.windows(2).all(|w| w[0].at <= w[1].at));
+        // The open-loop part is the same plan as without waves.
+        let mut plain = w.clone();
+        plain.fanout = None;
+        let open: Vec<_> = p
+            .items
+            .iter()
+            .filter(|i| i.kind != Kind::Fanout)
+            .cloned()
+            .collect();
+        assert_eq!(open, Plan::build(&plain).items);
+    }
+
+    #[test]
+    fn closed_loops_are_one_item_each() {
+        let mut w = workload();
+        w.duration_s = 10.0;
+        w.arrival.process = ArrivalProcess::Constant;
+        w.arrival.rate = 1.0;
+        w.mix = crate::workload::Mix {
+            shared_prefix: 0.0,
+            fresh: 0.0,
+            conversation: 1.0,
+        };
+        w.conversation.mode = ConversationMode::Closed;
+        w.conversation.turns = 3;
+        let p = Plan::build(&w);
+        let convs: Vec<u64> = p
+            .items
+            .iter()
+            .map(|i| match i.prompt {
+                PromptSpec::Closed { conv } => conv,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(convs, (0..10).collect::<Vec<_>>());
+        assert_eq!(p.requests, 30);
+
+        w.mix.conversation = 0.0;
+        w.fanout = Some(crate::workload::Fanout {
+            pacing: WavePacing::BackToBack,
+            waves: 5,
+            ..Default::default()
+        });
+        let p = Plan::build(&w);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].prompt, PromptSpec::WaveSeries);
+        assert_eq!(p.requests, 40);
     }
 
     #[test]

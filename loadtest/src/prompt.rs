@@ -4,7 +4,8 @@
 //! Content is drawn as token ids; `text` format renders each id as a word
 //! from a fixed made-up vocabulary, so "N tokens" in a text workload means N
 //! words (roughly 1–2 tokens each for a BPE tokenizer). Shared documents are
-//! generated once; everything else is regenerated per request.
+//! generated once; everything else is regenerated per request (a fan-out
+//! wave's document too: it is used by one wave only).
 
 use crate::plan::{PromptSpec, sample, streams};
 use crate::rng::Rng;
@@ -41,6 +42,8 @@ pub(crate) struct PromptBook {
     documents: Vec<Vec<u32>>,
     words: Vec<String>,
     conversation: crate::workload::Conversation,
+    fanout: crate::workload::Fanout,
+    output: crate::workload::Output,
 }
 
 fn make_words() -> Vec<String> {
@@ -83,6 +86,8 @@ impl PromptBook {
             documents: Vec::new(),
             words: make_words(),
             conversation: w.conversation.clone(),
+            fanout: w.fanout.clone().unwrap_or_default(),
+            output: w.output.clone(),
         };
         if w.mix.shared_prefix > 0.0 {
             book.documents = (0..w.shared_prefix.documents)
@@ -120,6 +125,17 @@ impl PromptBook {
                 let mut rng = Rng::new(self.seed, streams::PROMPT, index);
                 vec![("user", self.tokens(&mut rng, tokens))]
             }
+            PromptSpec::Wave { wave, member } => {
+                let mut rng = Rng::new(self.seed, streams::WAVE_DOCUMENT, u64::from(wave));
+                let mut ids = self.tokens(&mut rng, self.fanout.document_tokens);
+                let key = (u64::from(wave) << 32) | u64::from(member);
+                let mut rng = Rng::new(self.seed, streams::WAVE_QUESTION, key);
+                let n = sample(&self.fanout.question_tokens, &mut rng);
+                ids.extend(self.tokens(&mut rng, n));
+                vec![("user", ids)]
+            }
+            // Closed loops build their prompts turn by turn (`session.rs`).
+            PromptSpec::Closed { .. } | PromptSpec::WaveSeries => Vec::new(),
             PromptSpec::Turn { conv, turn } => {
                 let c = &self.conversation;
                 let mut rng = Rng::new(self.seed, streams::CONV_SYSTEM, conv);
@@ -235,6 +251,26 @@ mod tests {
         };
         let roles: Vec<_> = msgs.iter().map(|m| m.role).collect();
         assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    }
+
+    #[test]
+    fn waves_share_their_own_document_only() {
+        let mut w = w(PromptFormat::Tokens);
+        w.fanout = Some(crate::workload::Fanout {
+            document_tokens: 40,
+            question_tokens: Dist::fixed(6),
+            ..Default::default()
+        });
+        let book = PromptBook::new(&w);
+        let ids = |wave, member| match book.build(0, PromptSpec::Wave { wave, member }, false) {
+            Prompt::Tokens(ids) => ids,
+            other => panic!("{other:?}"),
+        };
+        let (a, b, c) = (ids(0, 0), ids(0, 1), ids(1, 0));
+        assert_eq!(a.len(), 46);
+        assert_eq!(a[..40], b[..40], "one document per wave");
+        assert_ne!(a[40..], b[40..], "a question per member");
+        assert_ne!(a[..40], c[..40], "a new document per wave");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Workload files (`config/workloads/*.toml`): reading and checking them.
 
+mod fanout;
 mod types;
 mod validate;
 
 use std::path::Path;
 
 pub use types::{
-    Arrival, ArrivalProcess, Conversation, Dist, DistKind, Fresh, Mix, Output, PromptFormat,
-    SharedPrefix, Skew, Tenant, Workload,
+    Arrival, ArrivalProcess, Conversation, ConversationMode, Dist, DistKind, Fanout, Fresh, Mix,
+    Output, PromptFormat, SharedPrefix, Skew, Tenant, WavePacing, Workload,
 };
 pub use validate::MAX_REQUESTS;
 

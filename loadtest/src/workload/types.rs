@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::fanout::{Fanout, WavePacing};
+
 /// One workload: who sends, when, and what.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +45,9 @@ pub struct Workload {
     pub fresh: Fresh,
     /// Multi-turn conversations whose prefix grows each turn.
     pub conversation: Conversation,
+    /// Fan-out waves: N requests over one new document, sent together.
+    /// Absent (the default) sends none.
+    pub fanout: Option<Fanout>,
     /// Output lengths.
     pub output: Output,
 }
@@ -66,6 +71,7 @@ impl Default for Workload {
             shared_prefix: SharedPrefix::default(),
             fresh: Fresh::default(),
             conversation: Conversation::default(),
+            fanout: None,
             output: Output::default(),
         }
     }
@@ -238,7 +244,15 @@ impl Default for Fresh {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Conversation {
-    /// Conversations open at once; a finished one is replaced by a new one.
+    /// `open`: every turn is its own arrival and replies are synthetic;
+    /// `closed`: an arrival starts a conversation whose turns follow each
+    /// other back to back, each carrying the replies the server sent.
+    pub mode: ConversationMode,
+    /// `closed`: seconds between a turn's last byte and the next turn's
+    /// send (a user reading and typing); 0 sends at once.
+    pub think_time_s: f64,
+    /// `open`: conversations open at once; a finished one is replaced by a
+    /// new one. (`closed` starts one per arrival instead.)
     pub conversations: u32,
     /// Turns per conversation.
     pub turns: u32,
@@ -246,14 +260,28 @@ pub struct Conversation {
     pub system_tokens: u32,
     /// Length of each user message.
     pub user_tokens: Dist,
-    /// Length of the (synthetic) assistant reply placed in the history: the
-    /// sender does not wait for real replies, so the history is generated.
+    /// `open`: length of the (synthetic) assistant reply placed in the
+    /// history, since the sender does not wait for real replies. `closed`
+    /// ignores it: the history holds what the server returned.
     pub reply_tokens: Dist,
+}
+
+/// How the turns of a conversation are paced.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationMode {
+    /// Every turn on the open-loop schedule, synthetic replies.
+    #[default]
+    Open,
+    /// Turns back to back, real replies appended to the history.
+    Closed,
 }
 
 impl Default for Conversation {
     fn default() -> Self {
         Conversation {
+            mode: ConversationMode::Open,
+            think_time_s: 0.0,
             conversations: 8,
             turns: 4,
             system_tokens: 128,

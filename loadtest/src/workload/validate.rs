@@ -1,7 +1,9 @@
 //! `Workload::validate`: every error names the field, the value and why.
 
 use super::WorkloadError;
-use super::types::{ArrivalProcess, Dist, DistKind, PromptFormat, Skew, Workload};
+use super::types::{
+    ArrivalProcess, ConversationMode, Dist, DistKind, PromptFormat, Skew, Workload,
+};
 
 /// Most requests one schedule may hold (keeps memory and run time bounded).
 pub const MAX_REQUESTS: f64 = 2_000_000.0;
@@ -14,7 +16,7 @@ const MAX_IN_FLIGHT: usize = 1_000_000;
 /// Longest single length a distribution may produce.
 const MAX_LENGTH: u32 = 10_000_000;
 
-fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> WorkloadError {
+pub(super) fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> WorkloadError {
     WorkloadError::Invalid {
         field: field.to_string(),
         value: value.to_string(),
@@ -22,7 +24,7 @@ fn invalid(field: &str, value: impl ToString, reason: impl ToString) -> Workload
     }
 }
 
-fn positive(field: &str, v: f64) -> Result<(), WorkloadError> {
+pub(super) fn positive(field: &str, v: f64) -> Result<(), WorkloadError> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
@@ -30,7 +32,7 @@ fn positive(field: &str, v: f64) -> Result<(), WorkloadError> {
     }
 }
 
-fn non_negative(field: &str, v: f64) -> Result<(), WorkloadError> {
+pub(super) fn non_negative(field: &str, v: f64) -> Result<(), WorkloadError> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
@@ -38,7 +40,7 @@ fn non_negative(field: &str, v: f64) -> Result<(), WorkloadError> {
     }
 }
 
-fn at_least_one(field: &str, v: u64) -> Result<(), WorkloadError> {
+pub(super) fn at_least_one(field: &str, v: u64) -> Result<(), WorkloadError> {
     if v >= 1 {
         Ok(())
     } else {
@@ -46,7 +48,7 @@ fn at_least_one(field: &str, v: u64) -> Result<(), WorkloadError> {
     }
 }
 
-fn dist(field: &str, d: &Dist) -> Result<(), WorkloadError> {
+pub(super) fn dist(field: &str, d: &Dist) -> Result<(), WorkloadError> {
     match d.dist {
         DistKind::Fixed => {
             at_least_one(&format!("{field}.value"), u64::from(d.value))?;
@@ -185,8 +187,15 @@ impl Workload {
         non_negative("mix.fresh", m.fresh)?;
         non_negative("mix.conversation", m.conversation)?;
         let total = m.shared_prefix + m.fresh + m.conversation;
-        if total <= 0.0 {
-            return Err(invalid("mix", total, "the weights must not all be 0"));
+        if total <= 0.0 && self.fanout.is_none() {
+            return Err(invalid(
+                "mix",
+                total,
+                "the weights must not all be 0 (unless [fanout] sends waves)",
+            ));
+        }
+        if let Some(f) = &self.fanout {
+            f.validate(self.duration_s, MAX_REQUESTS)?;
         }
 
         let s = &self.shared_prefix;
@@ -216,7 +225,18 @@ impl Workload {
         at_least_one("conversation.conversations", u64::from(c.conversations))?;
         at_least_one("conversation.turns", u64::from(c.turns))?;
         dist("conversation.user_tokens", &c.user_tokens)?;
-        dist("conversation.reply_tokens", &c.reply_tokens)
+        dist("conversation.reply_tokens", &c.reply_tokens)?;
+        non_negative("conversation.think_time_s", c.think_time_s)?;
+        if c.mode == ConversationMode::Closed && self.prompt_format == PromptFormat::Tokens {
+            // The server's reply comes back as text; it cannot be appended
+            // to an array of token ids.
+            return Err(invalid(
+                "conversation.mode",
+                "\"closed\"",
+                "needs prompt_format = \"text\" (replies are appended as text)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -260,5 +280,32 @@ mod tests {
         let mut w = Workload::default();
         w.output.max_tokens = Dist::fixed(0);
         assert!(err_of(&w).contains("output.max_tokens.value"));
+
+        let mut w = Workload::default();
+        w.conversation.think_time_s = -1.0;
+        assert!(err_of(&w).contains("conversation.think_time_s"));
+    }
+
+    #[test]
+    fn closed_conversations_need_text_prompts() {
+        let w = Workload::from_toml(
+            "[conversation]\nmode = \"closed\"\nthink_time_s = 0.5\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(w.conversation.mode, ConversationMode::Closed);
+        let mut w = w;
+        w.prompt_format = PromptFormat::Tokens;
+        assert!(err_of(&w).contains("conversation.mode"), "{}", err_of(&w));
+        let e = Workload::from_toml("[conversation]\nmode = \"half\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("half"), "{e}");
+    }
+
+    #[test]
+    fn fanout_alone_needs_no_mix() {
+        let mut w = Workload::default();
+        w.mix.fresh = 0.0;
+        w.fanout = Some(Fanout::default());
+        w.validate().unwrap();
     }
 }
