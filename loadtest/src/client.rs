@@ -174,6 +174,25 @@ pub(crate) struct Sent {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub class: Option<String>,
+    pub reuse: Reuse,
+    /// The generated text, when asked for.
+    pub text: Option<String>,
+}
+
+/// What the server said about prefix reuse, each field only when sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// `usage.prompt_tokens_details.cached_tokens`.
+    pub cached_tokens: Option<u32>,
+    /// `usage.cake.computed_tokens`: prompt tokens this request prefilled.
+    pub computed_tokens: Option<u32>,
+    /// `usage.cake.shared_tokens`: prompt tokens taken from another request
+    /// computing the same prefix at the same time.
+    pub shared_tokens: Option<u32>,
+}
+
+fn clamp(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
 }
 
 impl Sent {
@@ -184,6 +203,8 @@ impl Sent {
             prompt_tokens: 0,
             completion_tokens: 0,
             class: None,
+            reuse: Reuse::default(),
+            text: None,
         }
     }
 }
@@ -208,8 +229,9 @@ pub(crate) fn post(uri: &Uri, auth: Option<&HeaderValue>, body: Bytes) -> Reques
     req
 }
 
-/// Sends one streaming request and reads it to the end.
-pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>) -> Sent {
+/// Sends one streaming request and reads it to the end; `keep_text` keeps
+/// the generated text in [`Sent::text`].
+pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>, keep_text: bool) -> Sent {
     let resp = match http.request(req).await {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Sent::failed(Outcome::Connect),
@@ -222,7 +244,11 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>) -> Sent {
         let _ = body.collect().await;
         return Sent::failed(Outcome::Status(status.as_u16()));
     }
-    let mut reader = SseReader::default();
+    let mut reader = if keep_text {
+        SseReader::keeping_text()
+    } else {
+        SseReader::default()
+    };
     let mut first_token = None;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
@@ -241,10 +267,7 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>) -> Sent {
         first_token = Some(Instant::now());
     }
     let s = reader.state;
-    let completion = s
-        .completion_tokens
-        .unwrap_or(u64::from(s.token_events))
-        .min(u64::from(u32::MAX)) as u32;
+    let completion = clamp(s.completion_tokens.unwrap_or(u64::from(s.token_events)));
     Sent {
         outcome: if s.error {
             Outcome::Stream
@@ -252,9 +275,15 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>) -> Sent {
             Outcome::Ok
         },
         first_token,
-        prompt_tokens: s.prompt_tokens.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+        prompt_tokens: clamp(s.prompt_tokens.unwrap_or(0)),
         completion_tokens: completion,
         class: s.class,
+        reuse: Reuse {
+            cached_tokens: s.cached_tokens.map(clamp),
+            computed_tokens: s.computed_tokens.map(clamp),
+            shared_tokens: s.shared_tokens.map(clamp),
+        },
+        text: s.text,
     }
 }
 

@@ -12,6 +12,7 @@
 //! `usage.cake.class` when a Cake gateway adds it).
 
 mod client;
+mod exchange;
 mod noop;
 mod plan;
 mod prompt;
@@ -19,10 +20,11 @@ mod report;
 mod rng;
 mod runner;
 mod serve;
+mod session;
 mod sse;
 mod workload;
 
-pub use client::{Endpoint, Outcome};
+pub use client::{Endpoint, Outcome, Reuse};
 pub use noop::{NoopOptions, serve as serve_noop};
 pub use plan::{Kind, Plan, Planned, Step};
 pub use report::{

@@ -1,8 +1,10 @@
 //! `cake-loadtest noop-server`: a stub OpenAI-compatible server that answers
 //! at once with a few fixed tokens. It is a **measurement target** for the
 //! load tester itself (how many requests per second the tool can drive while
-//! staying on schedule), not a model: it reads only `max_tokens`, `stream`
-//! and `stream_options`, and its text is meaningless.
+//! staying on schedule), not a model: it reads only `max_tokens`, `stream`,
+//! `stream_options` and the prompt's length (words of `prompt` or of the
+//! `messages`' contents, reported as `prompt_tokens`), and its text is
+//! meaningless.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -50,6 +52,14 @@ struct Req<'a> {
     stream_options: Option<StreamOpts>,
     #[serde(default, borrow)]
     prompt: Option<PromptIn<'a>>,
+    #[serde(default, borrow)]
+    messages: Vec<MessageIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +103,12 @@ fn completion(opts: NoopOptions, chat: bool, body: &[u8]) -> Response<Full<Bytes
     let prompt_tokens = match &req.prompt {
         Some(PromptIn::Text(s)) => s.split_whitespace().count(),
         Some(PromptIn::Tokens(t)) => t.len(),
-        _ => 0,
+        _ => req
+            .messages
+            .iter()
+            .filter_map(|m| m.content.as_deref())
+            .map(|c| c.split_whitespace().count())
+            .sum(),
     };
     let object = if chat {
         "chat.completion"
@@ -244,6 +259,13 @@ mod tests {
         let mut r = crate::sse::SseReader::default();
         assert_eq!(r.feed(s.as_bytes()), 2);
         assert_eq!(r.state.completion_tokens, None);
+        let s = sse_body(
+            true,
+            r#"{"messages":[{"role":"user","content":"a b"},{"role":"assistant","content":" x"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        let mut r = crate::sse::SseReader::default();
+        r.feed(s.as_bytes());
+        assert_eq!(r.state.prompt_tokens, Some(3));
     }
 
     #[test]

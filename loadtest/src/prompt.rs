@@ -155,6 +155,37 @@ impl PromptBook {
         }
     }
 
+    /// A closed conversation's system prompt (the same text an open one of
+    /// the same number would send).
+    pub(crate) fn system_text(&self, conv: u64) -> String {
+        let mut rng = Rng::new(self.seed, streams::CONV_SYSTEM, conv);
+        self.render(&self.tokens(&mut rng, self.conversation.system_tokens))
+    }
+
+    /// The user message of turn `turn` of conversation `conv`.
+    pub(crate) fn user_text(&self, conv: u64, turn: u32) -> String {
+        let c = &self.conversation;
+        let mut rng = Rng::new(
+            self.seed,
+            streams::CONV_TURN,
+            (conv << 24) ^ u64::from(turn),
+        );
+        let user = sample(&c.user_tokens, &mut rng);
+        let _reply = sample(&c.reply_tokens, &mut rng); // keeps the stream as in open mode
+        self.render(&self.tokens(&mut rng, user))
+    }
+
+    /// `max_tokens` for request `index` of a closed loop (`key` names the
+    /// loop), drawn from `[output]` like planned requests.
+    pub(crate) fn max_tokens(&self, key: u64, index: u32) -> u32 {
+        let mut rng = Rng::new(
+            self.seed,
+            streams::SESSION_OUTPUT,
+            (key << 24) ^ u64::from(index),
+        );
+        sample(&self.output.max_tokens, &mut rng)
+    }
+
     fn render(&self, ids: &[u32]) -> String {
         let mut s = String::with_capacity(ids.len() * 6);
         for (i, &id) in ids.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The open loop: send each request at its planned time whatever the server
 //! does, and measure every latency from that planned time, so a slow server
-//! cannot hide its queueing by slowing the sender down.
+//! cannot hide its queueing by slowing the sender down. Items that start a
+//! closed loop hand it to `session.rs` at their planned time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::client::{self, BodyParams, Endpoint, Outcome, Sent};
-use crate::plan::{Kind, Plan, Step};
+use crate::client::{self, BodyParams, Endpoint, Outcome, Reuse};
+use crate::exchange::{Ctx, Meta};
+use crate::plan::{Kind, Plan, PromptSpec, Step};
 use crate::prompt::PromptBook;
+use crate::session;
 use crate::workload::{PromptFormat, Tenant, Workload};
 
 /// Where and how to send one run.
@@ -52,6 +55,10 @@ pub struct Record {
     pub kind: Kind,
     /// Ramp step.
     pub step: u16,
+    /// Fan-out wave number, for wave members.
+    pub wave: Option<u32>,
+    /// Turn number (0-based), for conversation turns.
+    pub turn: Option<u32>,
     /// Intended send time, from the run's start.
     pub intended: Duration,
     /// How late the request actually left.
@@ -68,6 +75,8 @@ pub struct Record {
     pub completion_tokens: u32,
     /// `usage.cake.class`, when reported.
     pub class: Option<String>,
+    /// The usage fields about prefix reuse, when reported.
+    pub reuse: Reuse,
 }
 
 /// Everything a run produced.
@@ -87,7 +96,7 @@ pub struct RunResult {
     pub steps: Vec<Step>,
     /// Schedule length in seconds.
     pub schedule_s: f64,
-    /// Requests planned.
+    /// Requests planned (closed loops included, where their count is known).
     pub planned: usize,
     /// From the start to the last request's end.
     pub elapsed: Duration,
@@ -129,8 +138,29 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
     bar
 }
 
+fn meta(item: &crate::plan::Planned) -> Meta {
+    let (wave, turn) = match item.prompt {
+        PromptSpec::Wave { wave, .. } => (Some(wave), None),
+        PromptSpec::Turn { turn, .. } => (None, Some(turn)),
+        _ => (None, None),
+    };
+    Meta {
+        tenant: item.tenant,
+        kind: item.kind,
+        step: item.step,
+        wave,
+        turn,
+    }
+}
+
+/// Whether an item starts a closed loop rather than being one request.
+fn starts_loop(spec: PromptSpec) -> bool {
+    matches!(spec, PromptSpec::Closed { .. } | PromptSpec::WaveSeries)
+}
+
 /// Sends the plan to the target and returns every request's record. Stops
-/// by itself: each request is bounded by `request_timeout_s`.
+/// by itself: each request is bounded by `request_timeout_s`, and each
+/// closed loop by its number of turns (or waves, or `duration_s`).
 pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunResult, RunError> {
     let chat = spec.endpoint == Endpoint::Chat;
     if chat && w.prompt_format == PromptFormat::Tokens {
@@ -140,7 +170,7 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
     }
     let uri = client::join(&spec.target, spec.endpoint.path()).map_err(RunError::Target)?;
     let tenants = w.effective_tenants();
-    let auths = Arc::new(auth_headers(&tenants)?);
+    let auths = auth_headers(&tenants)?;
     let http = client::http_client(w.max_in_flight);
     let model = match &spec.model {
         Some(m) => m.clone(),
@@ -149,24 +179,42 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
             client::discover_model(&http, &spec.target, key).await
         }
     };
-    let params = BodyParams {
-        model: model.clone(),
-        temperature: w.temperature,
-        ignore_eos: w.ignore_eos,
-    };
-    let book = Arc::new(PromptBook::new(w));
-    let timeout = Duration::from_secs_f64(w.request_timeout_s);
-    let total = plan.items.len();
+    let total = plan.requests;
+    let ctx = Arc::new(Ctx {
+        http,
+        uri,
+        auths,
+        timeout: Duration::from_secs_f64(w.request_timeout_s),
+        start: Instant::now() + Duration::from_millis(50),
+        chat,
+        params: BodyParams {
+            model: model.clone(),
+            temperature: w.temperature,
+            ignore_eos: w.ignore_eos,
+        },
+        book: PromptBook::new(w),
+        workload: w.clone(),
+        in_flight: Arc::new(Semaphore::new(w.max_in_flight)),
+        records: Mutex::new(Vec::with_capacity(total)),
+        dispatched: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
 
     // Bodies are built ahead of their send time on another task, so that
-    // building a long prompt never delays a send.
+    // building a long prompt never delays a send. Closed loops build their
+    // own as they go.
     let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(4096);
     let producer = {
-        let plan = Arc::clone(&plan);
+        let (plan, ctx) = (Arc::clone(&plan), Arc::clone(&ctx));
         tokio::spawn(async move {
             for (i, item) in plan.items.iter().enumerate() {
-                let prompt = book.build(i as u64, item.prompt, chat);
-                let body = client::body(&params, &prompt, item.max_tokens);
+                let body = if starts_loop(item.prompt) {
+                    Bytes::new()
+                } else {
+                    let prompt = ctx.book.build(i as u64, item.prompt, ctx.chat);
+                    client::body(&ctx.params, &prompt, item.max_tokens)
+                };
                 if tx.send((i, body)).await.is_err() {
                     break;
                 }
@@ -174,92 +222,70 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
         })
     };
 
-    let records = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let in_flight = Arc::new(Semaphore::new(w.max_in_flight));
     let bar = progress_bar(total as u64, spec.progress);
     bar.set_prefix(spec.name.clone());
-    let dispatched = Arc::new(AtomicU64::new(0));
     let ticker = {
-        let (bar, done, failed) = (bar.clone(), done.clone(), failed.clone());
-        let dispatched = dispatched.clone();
+        let (bar, ctx) = (bar.clone(), Arc::clone(&ctx));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let finished = done.load(Ordering::Relaxed);
+                let finished = ctx.done.load(Ordering::Relaxed);
                 bar.set_position(finished);
-                let open = dispatched.load(Ordering::Relaxed).saturating_sub(finished);
+                let open = ctx
+                    .dispatched
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(finished);
                 bar.set_message(format!(
                     "{open} in flight · {} errors",
-                    failed.load(Ordering::Relaxed)
+                    ctx.failed.load(Ordering::Relaxed)
                 ));
             }
         })
     };
 
-    let start = Instant::now() + Duration::from_millis(50);
+    let mut loops = Vec::new();
     while let Some((i, body)) = rx.recv().await {
         let Some(item) = plan.items.get(i) else { break };
-        let due = start + item.at;
+        let due = ctx.start + item.at;
+        if starts_loop(item.prompt) {
+            loops.push(tokio::spawn(session::run(
+                Arc::clone(&ctx),
+                item.clone(),
+                due,
+            )));
+            continue;
+        }
         if due > Instant::now() {
             sleep_until(due).await;
         }
         // Past `max_in_flight` the sender waits; the wait shows as lag.
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+        let Some(permit) = ctx.permit().await else {
             break;
         };
-        dispatched.fetch_add(1, Ordering::Relaxed);
-        let (http, uri, auths) = (http.clone(), uri.clone(), Arc::clone(&auths));
-        let (records, done, failed) = (records.clone(), done.clone(), failed.clone());
-        let (tenant, kind, step, at) = (item.tenant, item.kind, item.step, item.at);
+        let (ctx, meta) = (Arc::clone(&ctx), meta(item));
         tokio::spawn(async move {
-            let lag = Instant::now().saturating_duration_since(due);
-            let auth = auths.get(usize::from(tenant)).and_then(Option::as_ref);
-            let req = client::post(&uri, auth, body);
-            let sent = timeout_at(due + timeout, client::send(&http, req))
-                .await
-                .unwrap_or_else(|_| Sent::failed(Outcome::Timeout));
-            let end = Instant::now();
-            if sent.outcome != Outcome::Ok {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-            let rec = Record {
-                tenant,
-                kind,
-                step,
-                intended: at,
-                lag,
-                ttft: sent.first_token.map(|t| t.saturating_duration_since(due)),
-                e2e: end.saturating_duration_since(due),
-                outcome: sent.outcome,
-                prompt_tokens: sent.prompt_tokens,
-                completion_tokens: sent.completion_tokens,
-                class: sent.class,
-            };
-            if let Ok(mut r) = records.lock() {
-                r.push(rec);
-            }
-            done.fetch_add(1, Ordering::Relaxed);
-            drop(permit);
+            ctx.exchange(meta, due, body, false, permit).await;
         });
     }
     let _ = producer.await;
+    for l in loops {
+        let _ = l.await;
+    }
     // Every request ends by its own deadline (at most `timeout` after the
     // last due time, which is past); the margin only guards against tasks
     // an overloaded machine has not run yet.
     let permits = u32::try_from(w.max_in_flight).unwrap_or(u32::MAX);
     let _ = timeout_at(
-        Instant::now() + timeout + Duration::from_secs(5),
-        in_flight.acquire_many(permits),
+        Instant::now() + ctx.timeout + Duration::from_secs(5),
+        ctx.in_flight.acquire_many(permits),
     )
     .await;
     ticker.abort();
-    bar.set_position(done.load(Ordering::Relaxed));
-    bar.set_message(format!("{} errors", failed.load(Ordering::Relaxed)));
+    bar.set_position(ctx.done.load(Ordering::Relaxed));
+    bar.set_message(format!("{} errors", ctx.failed.load(Ordering::Relaxed)));
     bar.finish();
 
-    let records = match records.lock() {
+    let records = match ctx.records.lock() {
         Ok(mut r) => std::mem::take(&mut *r),
         Err(_) => Vec::new(),
     };
@@ -276,7 +302,7 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
         tenants,
         steps: plan.steps.clone(),
         schedule_s: plan.duration_s,
-        planned: total,
+        planned: total.max(records.len()),
         elapsed,
         records,
     })

@@ -1,18 +1,28 @@
 //! Reading an OpenAI-style stream: `data: {json}` lines, `data: [DONE]` last.
 //!
 //! Only standard fields are read: `choices[].text` (completions) or
-//! `choices[].delta.content` (chat) for tokens, `usage` for token counts,
-//! and `usage.cake.class` when the server adds it.
+//! `choices[].delta.content` (chat) for tokens, `usage` for token counts
+//! and `usage.prompt_tokens_details.cached_tokens`, and the `usage.cake`
+//! extension (`class`, `computed_tokens`, `shared_tokens`) when the server
+//! adds it. A usage field that is missing or of an unexpected type is
+//! ignored: usage describes a request, it never fails one.
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// Reads a field as `T`, or as absent when it has another shape.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(v).ok())
+}
 
 #[derive(Deserialize)]
 struct ChunkMsg<'a> {
     #[serde(default, borrow)]
     choices: Vec<Choice<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     usage: Option<UsageMsg>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
@@ -34,18 +44,30 @@ struct Delta<'a> {
 
 #[derive(Deserialize)]
 struct UsageMsg {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     completion_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default, deserialize_with = "lenient")]
     cake: Option<CakeUsage>,
 }
 
 #[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct CakeUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     class: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    computed_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    shared_tokens: Option<u64>,
 }
 
 /// What the stream said so far.
@@ -59,6 +81,14 @@ pub(crate) struct StreamState {
     pub completion_tokens: Option<u64>,
     /// `usage.cake.class`, when sent.
     pub class: Option<String>,
+    /// `usage.prompt_tokens_details.cached_tokens`, when sent.
+    pub cached_tokens: Option<u64>,
+    /// `usage.cake.computed_tokens`, when sent.
+    pub computed_tokens: Option<u64>,
+    /// `usage.cake.shared_tokens`, when sent.
+    pub shared_tokens: Option<u64>,
+    /// The generated text, when the reader keeps it.
+    pub text: Option<String>,
     /// `data: [DONE]` seen.
     pub done: bool,
     /// An `error` object or unparsable data arrived.
@@ -74,6 +104,18 @@ pub(crate) struct SseReader {
 }
 
 impl SseReader {
+    /// A reader that also keeps the generated text (closed loops append it
+    /// to the next request); others skip the copy.
+    pub(crate) fn keeping_text() -> Self {
+        SseReader {
+            buf: Vec::new(),
+            state: StreamState {
+                text: Some(String::new()),
+                ..StreamState::default()
+            },
+        }
+    }
+
     /// Consumes a body frame; returns how many token-bearing events it
     /// completed (so the caller can stamp the first token's time).
     pub(crate) fn feed(&mut self, data: &[u8]) -> u32 {
@@ -117,21 +159,31 @@ impl SseReader {
         if msg.error.is_some() {
             state.error = true;
         }
-        let has_token = msg.choices.iter().any(|c| {
-            c.text.as_deref().is_some_and(|t| !t.is_empty())
-                || c.delta
-                    .as_ref()
-                    .and_then(|d| d.content.as_deref())
-                    .is_some_and(|t| !t.is_empty())
-        });
+        let mut has_token = false;
+        for c in &msg.choices {
+            let piece = c
+                .text
+                .as_deref()
+                .or_else(|| c.delta.as_ref().and_then(|d| d.content.as_deref()));
+            if let Some(t) = piece.filter(|t| !t.is_empty()) {
+                has_token = true;
+                if let Some(text) = &mut state.text {
+                    text.push_str(t);
+                }
+            }
+        }
         if has_token {
             state.token_events += 1;
         }
         if let Some(u) = msg.usage {
             state.prompt_tokens = u.prompt_tokens.or(state.prompt_tokens);
             state.completion_tokens = u.completion_tokens.or(state.completion_tokens);
-            if let Some(class) = u.cake.and_then(|c| c.class) {
-                state.class = Some(class);
+            let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens);
+            state.cached_tokens = cached.or(state.cached_tokens);
+            if let Some(cake) = u.cake {
+                state.class = cake.class.or(state.class.take());
+                state.computed_tokens = cake.computed_tokens.or(state.computed_tokens);
+                state.shared_tokens = cake.shared_tokens.or(state.shared_tokens);
             }
         }
     }
@@ -175,6 +227,60 @@ mod tests {
         r.finish();
         assert!(r.state.done);
         assert_eq!(r.state.class, None);
+    }
+
+    #[test]
+    fn reuse_fields_and_text_are_read() {
+        let mut r = SseReader::keeping_text();
+        r.feed(
+            concat!(
+                "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"lo \\\"x\\\"\"}}]}\n\n",
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":2,",
+                "\"total_tokens\":102,\"prompt_tokens_details\":{\"cached_tokens\":64},",
+                "\"cake\":{\"class\":\"cached\",\"loaded_tokens\":48,\"computed_tokens\":36,",
+                "\"shared_tokens\":16,\"ttft_ms\":12.5,\"worker\":\"w0\"}}}\n\n",
+                "data: [DONE]\n\n"
+            )
+            .as_bytes(),
+        );
+        let s = &r.state;
+        assert_eq!(s.text.as_deref(), Some("Hello \"x\""));
+        assert_eq!(
+            (
+                s.prompt_tokens,
+                s.cached_tokens,
+                s.computed_tokens,
+                s.shared_tokens
+            ),
+            (Some(100), Some(64), Some(36), Some(16))
+        );
+        assert_eq!(s.class.as_deref(), Some("cached"));
+        assert!(s.done && !s.error);
+        // Without keeping text, none is copied.
+        assert_eq!(SseReader::default().state.text, None);
+    }
+
+    #[test]
+    fn odd_usage_fields_never_fail_the_request() {
+        let mut r = SseReader::default();
+        r.feed(
+            concat!(
+                "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":\"many\",",
+                "\"completion_tokens\":1,\"prompt_tokens_details\":null,",
+                "\"cake\":{\"computed_tokens\":-3,\"class\":7}}}\n",
+                "data: {\"choices\":[],\"usage\":\"none\"}\n",
+            )
+            .as_bytes(),
+        );
+        let s = &r.state;
+        assert!(!s.error);
+        assert_eq!(s.token_events, 1);
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (None, Some(1)));
+        assert_eq!(
+            (s.cached_tokens, s.computed_tokens, s.class.as_deref()),
+            (None, None, None)
+        );
     }
 
     #[test]
