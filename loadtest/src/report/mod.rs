@@ -1,6 +1,7 @@
 //! Results: the summary numbers, the end-of-run table, `--json` and `--plot`.
 
 mod plot;
+mod reuse;
 mod summary;
 mod table;
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use plot::write_plot;
+pub use reuse::{ReuseStats, WaveRow, WaveStats};
 pub use summary::{GroupStats, Lag, Percentiles, RampStep, RunSummary, Saturation, summarize};
 pub use table::render as render_table;
 

@@ -1,6 +1,6 @@
 //! From records to numbers: percentiles (hdrhistogram), rates, goodput,
-//! splits by tenant, class, kind and ramp step. This is what the JSON file
-//! holds, field for field.
+//! prefix reuse, splits by tenant, class, kind, conversation turn and ramp
+//! step, fan-out waves. This is what the JSON file holds, field for field.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::reuse::{ReuseAcc, ReuseStats, WaveStats, waves};
 use crate::client::Outcome;
 use crate::runner::{Record, RunResult};
 
@@ -29,20 +30,20 @@ pub struct Percentiles {
 }
 
 /// Microsecond histogram, one hour at most (longer values saturate).
-struct Hist(Option<Histogram<u64>>);
+pub(super) struct Hist(Option<Histogram<u64>>);
 
 impl Hist {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Hist(Histogram::new_with_bounds(1, 3_600_000_000, 3).ok())
     }
 
-    fn record(&mut self, d: Duration) {
+    pub(super) fn record(&mut self, d: Duration) {
         if let Some(h) = &mut self.0 {
             h.saturating_record(d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
         }
     }
 
-    fn percentiles(&self) -> Percentiles {
+    pub(super) fn percentiles(&self) -> Percentiles {
         let Some(h) = &self.0 else {
             return Percentiles::default();
         };
@@ -113,6 +114,8 @@ pub struct GroupStats {
     pub tpot_ms: Percentiles,
     /// End-to-end latency of successes.
     pub e2e_ms: Percentiles,
+    /// Prefix reuse the server reported for the successes.
+    pub reuse: ReuseStats,
 }
 
 /// One ramp step's numbers.
@@ -173,6 +176,11 @@ pub struct RunSummary {
     pub per_class: BTreeMap<String, GroupStats>,
     /// By prompt kind of the workload.
     pub per_kind: BTreeMap<String, GroupStats>,
+    /// Conversation turns: `"1"` (first turns) and `"2+"` (the turns that
+    /// resend a history); empty without conversations.
+    pub per_turn: BTreeMap<String, GroupStats>,
+    /// Fan-out waves (`None` without `[fanout]`).
+    pub waves: Option<WaveStats>,
     /// Ramp steps (empty unless the arrival process is a ramp).
     pub ramp: Vec<RampStep>,
     /// Ramp result.
@@ -187,6 +195,7 @@ struct Acc {
     ttft: Hist,
     tpot: Hist,
     e2e: Hist,
+    reuse: ReuseAcc,
     prompt_tokens: u64,
     output_tokens: u64,
 }
@@ -198,6 +207,7 @@ impl Acc {
             ttft: Hist::new(),
             tpot: Hist::new(),
             e2e: Hist::new(),
+            reuse: ReuseAcc::default(),
             prompt_tokens: 0,
             output_tokens: 0,
         }
@@ -213,6 +223,7 @@ impl Acc {
         }
         s.ok += 1;
         s.good += u64::from(good);
+        self.reuse.add(r);
         self.prompt_tokens += u64::from(r.prompt_tokens);
         self.output_tokens += u64::from(r.completion_tokens);
         self.e2e.record(r.e2e);
@@ -234,6 +245,7 @@ impl Acc {
         s.ttft_ms = self.ttft.percentiles();
         s.tpot_ms = self.tpot.percentiles();
         s.e2e_ms = self.e2e.percentiles();
+        s.reuse = self.reuse.finish();
         self.stats
     }
 }
@@ -306,6 +318,7 @@ pub fn summarize(run: &RunResult) -> RunSummary {
     let mut tenants: BTreeMap<String, Acc> = BTreeMap::new();
     let mut classes: BTreeMap<String, Acc> = BTreeMap::new();
     let mut kinds: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut turns: BTreeMap<String, Acc> = BTreeMap::new();
     let mut lag = Hist::new();
     for r in &run.records {
         let good = is_good(run, r);
@@ -327,6 +340,13 @@ pub fn summarize(run: &RunResult) -> RunSummary {
             .entry(r.kind.label().to_string())
             .or_insert_with(Acc::new)
             .add(r, good);
+        if let Some(t) = r.turn {
+            let key = if t == 0 { "1" } else { "2+" };
+            turns
+                .entry(key.to_string())
+                .or_insert_with(Acc::new)
+                .add(r, good);
+        }
         lag.record(r.lag);
     }
     let ttft_cdf = overall.ttft.cdf(200);
@@ -364,6 +384,8 @@ pub fn summarize(run: &RunResult) -> RunSummary {
         per_tenant: finish(tenants),
         per_class: finish(classes),
         per_kind: finish(kinds),
+        per_turn: finish(turns),
+        waves: waves(&run.records),
         ramp,
         saturation,
         ttft_cdf,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::reuse::ReuseStats;
 use super::summary::{GroupStats, RunSummary};
 
 const HEADER: [&str; 13] = [
@@ -41,6 +42,27 @@ fn cells(g: &GroupStats) -> [String; 13] {
 }
 
 fn table(out: &mut String, title: &str, label: &str, rows: &[(String, &GroupStats)]) {
+    let body: Vec<(String, Vec<String>)> = rows
+        .iter()
+        .map(|(n, g)| (n.clone(), cells(g).to_vec()))
+        .collect();
+    grid(
+        out,
+        &format!("{title} (latencies in ms)"),
+        label,
+        &HEADER,
+        &body,
+    );
+}
+
+/// Writes a titled grid: a name column, then right-aligned cells.
+fn grid(
+    out: &mut String,
+    title: &str,
+    label: &str,
+    header: &[&str],
+    rows: &[(String, Vec<String>)],
+) {
     if rows.is_empty() {
         return;
     }
@@ -50,23 +72,22 @@ fn table(out: &mut String, title: &str, label: &str, rows: &[(String, &GroupStat
         .max()
         .unwrap_or(0)
         .max(label.len());
-    let body: Vec<[String; 13]> = rows.iter().map(|(_, g)| cells(g)).collect();
-    let widths: Vec<usize> = (0..HEADER.len())
+    let widths: Vec<usize> = (0..header.len())
         .map(|i| {
-            body.iter()
-                .map(|c| c[i].len())
+            rows.iter()
+                .map(|(_, c)| c.get(i).map_or(0, String::len))
                 .max()
                 .unwrap_or(0)
-                .max(HEADER[i].len())
+                .max(header[i].len())
         })
         .collect();
-    let _ = writeln!(out, "\n{title} (latencies in ms)");
+    let _ = writeln!(out, "\n{title}");
     let _ = write!(out, "{label:<name_w$}");
-    for (h, w) in HEADER.iter().zip(&widths) {
+    for (h, w) in header.iter().zip(&widths) {
         let _ = write!(out, "  {h:>w$}");
     }
     out.push('\n');
-    for ((name, _), c) in rows.iter().zip(&body) {
+    for (name, c) in rows {
         let _ = write!(out, "{name:<name_w$}");
         for (v, w) in c.iter().zip(&widths) {
             let _ = write!(out, "  {v:>w$}");
@@ -92,6 +113,84 @@ fn split<'a>(
             })
         })
         .collect()
+}
+
+const REUSE_HEADER: [&str; 7] = [
+    "ok",
+    "cached",
+    "w/ cached",
+    "computed/req",
+    "shared tok",
+    "ttft p50",
+    "ttft p99",
+];
+
+fn reuse_cells(g: &GroupStats) -> Vec<String> {
+    let r: &ReuseStats = &g.reuse;
+    let dash = || "-".to_string();
+    vec![
+        g.ok.to_string(),
+        r.cached_share
+            .map_or_else(dash, |s| format!("{:.1}%", s * 100.0)),
+        if r.reported_requests == 0 {
+            dash()
+        } else {
+            format!("{}/{}", r.cached_requests, g.ok)
+        },
+        r.computed_tokens_mean
+            .map_or_else(dash, |m| format!("{m:.0}")),
+        r.shared_tokens.map_or_else(dash, |s| s.to_string()),
+        format!("{:.1}", g.ttft_ms.p50),
+        format!("{:.1}", g.ttft_ms.p99),
+    ]
+}
+
+/// The reuse table: overall, per kind, per class, per turn; one block per
+/// run.
+fn reuse(out: &mut String, runs: &[RunSummary]) {
+    let single = runs.len() == 1;
+    let mut rows = Vec::new();
+    for r in runs {
+        let name = |k: &str| {
+            if single {
+                k.to_string()
+            } else {
+                format!("{} / {k}", r.name)
+            }
+        };
+        rows.push((name("all"), reuse_cells(&r.overall)));
+        for (k, g) in &r.per_kind {
+            rows.push((name(&format!("kind {k}")), reuse_cells(g)));
+        }
+        for (k, g) in &r.per_class {
+            rows.push((name(&format!("class {k}")), reuse_cells(g)));
+        }
+        for (k, g) in &r.per_turn {
+            rows.push((name(&format!("turn {k}")), reuse_cells(g)));
+        }
+    }
+    grid(
+        out,
+        "Prefix reuse (cached = cached_tokens / prompt_tokens; computed = usage.cake.computed_tokens; ms)",
+        "group",
+        &REUSE_HEADER,
+        &rows,
+    );
+    for r in runs {
+        if let Some(w) = &r.waves {
+            let _ = writeln!(
+                out,
+                "{}: waves: {}, cached {}/{}, wave time p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+                r.name,
+                w.waves,
+                w.cached_requests,
+                w.requests,
+                w.wave_time_ms.p50 / 1000.0,
+                w.wave_time_ms.p99 / 1000.0,
+                w.wave_time_ms.max / 1000.0
+            );
+        }
+    }
 }
 
 /// Renders every table for the given runs.
@@ -142,6 +241,7 @@ pub fn render(runs: &[RunSummary]) -> String {
         "kind",
         &split(runs, |r| &r.per_kind),
     );
+    reuse(&mut out, runs);
     for r in runs.iter().filter(|r| !r.ramp.is_empty()) {
         let _ = writeln!(out, "\nRamp of {} (req/s; ttft in ms)", r.name);
         let _ = writeln!(

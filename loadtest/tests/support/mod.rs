@@ -33,9 +33,16 @@ pub enum Reply {
     },
     /// Answer with this status and an OpenAI error body.
     Status(u16),
+    /// Wait `delay`, stream `text` in two chunks, then `usage` as given.
+    Echo {
+        delay: Duration,
+        text: String,
+        usage: serde_json::Value,
+    },
 }
 
-pub type Behaviour = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+/// Decides the reply from the API key and the request body.
+pub type Behaviour = Arc<dyn Fn(&str, &serde_json::Value) -> Reply + Send + Sync>;
 
 type Body = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
 
@@ -44,7 +51,14 @@ pub struct Mock {
     pub addr: SocketAddr,
     /// Every request body received, as JSON, with its API key.
     pub seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    /// When each request of `seen` arrived (same order).
+    pub times: Arc<Mutex<Vec<std::time::Instant>>>,
 }
+
+type Seen = (
+    Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    Arc<Mutex<Vec<std::time::Instant>>>,
+);
 
 impl Mock {
     pub fn url(&self) -> String {
@@ -109,6 +123,43 @@ fn stream(reply: (Duration, u32, Duration, Option<&'static str>), chat: bool) ->
     r
 }
 
+fn echo(delay: Duration, text: String, usage: serde_json::Value, chat: bool) -> Response<Body> {
+    let piece = move |t: &str| -> String {
+        let choice = if chat {
+            serde_json::json!({"index": 0, "delta": {"content": t}})
+        } else {
+            serde_json::json!({"index": 0, "text": t})
+        };
+        format!("data: {}\n\n", serde_json::json!({"choices": [choice]}))
+    };
+    let half = text.len() / 2;
+    let pieces = vec![
+        piece(&text[..half]),
+        piece(&text[half..]),
+        format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            serde_json::json!({"choices": [], "usage": usage})
+        ),
+    ];
+    let s = futures::stream::unfold(0usize, move |i| {
+        let pieces = pieces.clone();
+        async move {
+            if i == 0 {
+                tokio::time::sleep(delay).await;
+            }
+            let p = pieces.get(i)?.clone();
+            Some((Ok(Frame::data(Bytes::from(p))), i + 1))
+        }
+    });
+    let s: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(s);
+    let mut r = Response::new(StreamBody::new(s));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 fn bad(msg: &str) -> Response<Body> {
     once(
         StatusCode::BAD_REQUEST,
@@ -119,7 +170,7 @@ fn bad(msg: &str) -> Response<Body> {
 
 async fn handle(
     behaviour: Behaviour,
-    seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    seen: Seen,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
@@ -168,8 +219,14 @@ async fn handle(
     {
         return Ok(bad("missing standard fields"));
     }
-    seen.lock().unwrap().push((key.clone(), json));
-    Ok(match behaviour(&key) {
+    let reply = behaviour(&key, &json);
+    {
+        let mut s = seen.0.lock().unwrap();
+        seen.1.lock().unwrap().push(std::time::Instant::now());
+        s.push((key.clone(), json));
+    }
+    Ok(match reply {
+        Reply::Echo { delay, text, usage } => echo(delay, text, usage, chat),
         Reply::Status(code) => once(
             StatusCode::from_u16(code).unwrap(),
             "application/json",
@@ -185,13 +242,21 @@ async fn handle(
     })
 }
 
-/// Starts the mock on a free loopback port.
+/// Starts the mock on a free loopback port; the reply follows the key.
 pub async fn start(behaviour: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Mock {
+    start_with(move |key, _| behaviour(key)).await
+}
+
+/// Starts the mock; the reply follows the key and the request body.
+pub async fn start_with(
+    behaviour: impl Fn(&str, &serde_json::Value) -> Reply + Send + Sync + 'static,
+) -> Mock {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let behaviour: Behaviour = Arc::new(behaviour);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let seen2: Seen = (seen.clone(), times.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -209,7 +274,7 @@ pub async fn start(behaviour: impl Fn(&str) -> Reply + Send + Sync + 'static) ->
             });
         }
     });
-    Mock { addr, seen }
+    Mock { addr, seen, times }
 }
 
 /// A reply streaming 3 tokens after `ttft_ms`, 5 ms apart.
