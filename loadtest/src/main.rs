@@ -188,12 +188,13 @@ async fn load(a: RunArgs) -> Result<()> {
     }
     let w = Workload::load(path)?.with_overrides(a.rate, a.duration)?;
     let plan = Arc::new(Plan::build(&w));
+    // Closed loops make one item stand for several requests: report those.
     eprintln!(
         "workload {:?}: {} requests over {:.1} s ({:.1} req/s offered), seed {}",
         w.name,
-        plan.items.len(),
+        plan.requests,
         w.duration_s,
-        plan.items.len() as f64 / w.duration_s,
+        plan.requests as f64 / w.duration_s,
         w.seed
     );
     let spec = |name: String, target: String| RunSpec {

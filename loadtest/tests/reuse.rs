@@ -231,7 +231,10 @@ question_tokens = { dist = "fixed", value = 5 }
     );
     assert!(w.per_wave.iter().all(|w| w.time_ms >= 20.0));
     let table = render_table(std::slice::from_ref(&s));
-    assert!(table.contains("waves: 2, cached 6/8"), "{table}");
+    assert!(
+        table.contains("waves: 2, cached 6/8, wave time p50"),
+        "{table}"
+    );
     assert!(table.contains("45.0%"), "{table}");
     let v: Value = serde_json::from_str(&cake_loadtest::to_json(&[s]).unwrap()).unwrap();
     assert_eq!(v["runs"][0]["reuse"]["cached_share"], 0.45);
@@ -300,6 +303,7 @@ prompt_tokens = { dist = "fixed", value = 4 }
         (None, None, None)
     );
     assert!(s.waves.is_none() && s.per_turn.is_empty());
+    assert!(!render_table(std::slice::from_ref(&s)).contains("waves:"));
     let table = render_table(&[s]);
     let all = table.lines().find(|l| l.starts_with("all ")).unwrap();
     assert!(all.contains(" - "), "{all}");

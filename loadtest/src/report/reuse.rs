@@ -89,6 +89,8 @@ pub struct WaveRow {
     pub ok: u64,
     /// Members that reported `cached_tokens > 0`.
     pub cached_requests: u64,
+    /// Members that reported `cached_tokens` at all.
+    pub reported_requests: u64,
     /// First intended send → last member's end, in ms.
     pub time_ms: f64,
 }
@@ -102,6 +104,9 @@ pub struct WaveStats {
     pub requests: u64,
     /// Members that reported `cached_tokens > 0`, over all waves.
     pub cached_requests: u64,
+    /// Members that reported `cached_tokens` at all, over all waves (0:
+    /// the server does not report it, and `cached_requests` means nothing).
+    pub reported_requests: u64,
     /// Wave times (first send → last response end).
     pub wave_time_ms: Percentiles,
     /// Each wave.
@@ -140,6 +145,10 @@ pub(super) fn waves(records: &[Record]) -> Option<WaveStats> {
                     .iter()
                     .filter(|r| r.reuse.cached_tokens.is_some_and(|c| c > 0))
                     .count() as u64,
+                reported_requests: ok
+                    .iter()
+                    .filter(|r| r.reuse.cached_tokens.is_some())
+                    .count() as u64,
                 time_ms: time.as_secs_f64() * 1000.0,
             }
         })
@@ -148,6 +157,7 @@ pub(super) fn waves(records: &[Record]) -> Option<WaveStats> {
         waves: per_wave.len() as u64,
         requests: per_wave.iter().map(|w| w.requests).sum(),
         cached_requests: per_wave.iter().map(|w| w.cached_requests).sum(),
+        reported_requests: per_wave.iter().map(|w| w.reported_requests).sum(),
         wave_time_ms: hist.percentiles(),
         per_wave,
     })

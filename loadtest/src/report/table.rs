@@ -178,18 +178,32 @@ fn reuse(out: &mut String, runs: &[RunSummary]) {
     );
     for r in runs {
         if let Some(w) = &r.waves {
+            let cached = if w.reported_requests == 0 {
+                "-".to_string()
+            } else {
+                w.cached_requests.to_string()
+            };
+            let t = &w.wave_time_ms;
             let _ = writeln!(
                 out,
-                "{}: waves: {}, cached {}/{}, wave time p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+                "{}: waves: {}, cached {cached}/{}, wave time p50 {}, p99 {}, max {} (first send to last response end)",
                 r.name,
                 w.waves,
-                w.cached_requests,
                 w.requests,
-                w.wave_time_ms.p50 / 1000.0,
-                w.wave_time_ms.p99 / 1000.0,
-                w.wave_time_ms.max / 1000.0
+                duration(t.p50),
+                duration(t.p99),
+                duration(t.max)
             );
         }
+    }
+}
+
+/// Milliseconds as the unit a reader takes in at a glance.
+fn duration(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
     }
 }
 
