@@ -308,3 +308,37 @@ prompt_tokens = { dist = "fixed", value = 4 }
     let all = table.lines().find(|l| l.starts_with("all ")).unwrap();
     assert!(all.contains(" - "), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_turn_ends_its_conversation_and_the_rest_is_unfinished() {
+    // Second turns fail; third turns are never sent.
+    let mock = support::start_with(|_, body| {
+        if body["messages"].as_array().unwrap().len() > 2 {
+            Reply::Status(500)
+        } else {
+            echo(" fine".into())
+        }
+    })
+    .await;
+    let toml = CLOSED.replace("user_tokens", "think_time_s = 0.05\nuser_tokens");
+    let result = run_toml(&toml, &mock.url(), Endpoint::Chat).await;
+    assert_eq!(mock.seen.lock().unwrap().len(), 4);
+    let times = mock.times.lock().unwrap().clone();
+    let s = summarize(&result);
+    assert_eq!((s.planned, s.overall.requests, s.overall.ok), (6, 6, 2));
+    assert_eq!(s.overall.errors_by_status["500"], 2);
+    assert_eq!(s.overall.errors_by_status["unfinished"], 2);
+    assert_eq!(s.per_turn["2+"].errors, 2);
+    // The failed turns still waited for the answer and the think time.
+    let seen = mock.seen.lock().unwrap();
+    for (i, (_, j)) in seen.iter().enumerate() {
+        if j["messages"].as_array().unwrap().len() > 2 {
+            let first = &j["messages"].as_array().unwrap()[..2];
+            let prev = seen
+                .iter()
+                .position(|(_, p)| p["messages"].as_array().unwrap()[..] == *first)
+                .unwrap();
+            assert!(times[i] >= times[prev] + Duration::from_millis(90));
+        }
+    }
+}
