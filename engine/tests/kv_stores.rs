@@ -279,6 +279,44 @@ async fn write_behind_is_bounded_and_never_blocks_the_caller() {
     assert_eq!(gated.stats().entries, 2);
 }
 
+/// A chunk is visible the moment it is put: while its write is still held
+/// behind the request, lookups report it and reads return it; one the
+/// write-behind had no room for is not reported.
+#[tokio::test]
+async fn chunks_being_written_behind_answer_lookups_and_reads() {
+    let chunks = prompt(9, 3, Codec::F32);
+    let size = chunks[0].1.len() as u64;
+    let gated = Arc::new(GatedStore {
+        inner: MemoryStore::new(1 << 20),
+        gate: Semaphore::new(0),
+    });
+    let tiered = TieredStore::new(vec![gated.clone()], 2 * size);
+    let keys: Vec<ChunkKey> = chunks.iter().map(|c| c.0).collect();
+    for (_, enc, _) in &chunks {
+        tiered.put(enc.clone()).await.unwrap();
+    }
+    assert_eq!(gated.stats().entries, 0, "nothing has landed yet");
+    assert_eq!(
+        tiered.lookup(&keys).await,
+        vec![Some(Tier::Memory), Some(Tier::Memory), None]
+    );
+    assert_eq!(tiered.get(keys[0]).await.as_ref(), Some(&chunks[0].1));
+    let got = tiered.get_many(&keys).await;
+    assert_eq!(got[1].as_ref(), Some(&chunks[1].1));
+    assert!(got[2].is_none());
+    gated.gate.add_permits(100);
+    tokio::time::timeout(Duration::from_secs(5), tiered.flush())
+        .await
+        .unwrap();
+    // Landed: now the tier itself answers.
+    assert_eq!(gated.stats().entries, 2);
+    assert_eq!(
+        tiered.lookup(&keys[..2]).await,
+        vec![Some(Tier::Memory), Some(Tier::Memory)]
+    );
+    assert_eq!(tiered.get(keys[1]).await.as_ref(), Some(&chunks[1].1));
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm

@@ -3,11 +3,15 @@
 //! Reads try each tier in turn and promote a hit into the faster tiers.
 //! Writes go behind the request: `put` returns at once and the chunk is
 //! written by a background task into every tier that does not hold it yet.
-//! The bytes accepted but not yet written are bounded; past the bound a
-//! write is dropped (and counted) rather than making the request wait or
-//! memory grow — a cache that misses a write only recomputes later.
+//! Until it has landed, the chunk answers lookups and reads from the
+//! write-behind itself: a chunk is visible the moment it is put, so a
+//! request sent right after the one that computed it finds it (it is in
+//! this process's memory already). The bytes accepted but not yet written
+//! are bounded; past the bound a write is dropped (and counted) rather than
+//! making the request wait or memory grow — a cache that misses a write
+//! only recomputes later.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -29,7 +33,9 @@ struct WriteBehind {
     max_bytes: u64,
     bytes: AtomicU64,
     tasks: AtomicUsize,
-    keys: Mutex<HashSet<ChunkKey>>,
+    /// Chunks accepted and not yet written to every target tier: they
+    /// answer lookups and reads meanwhile.
+    pending: Mutex<HashMap<ChunkKey, EncodedChunk>>,
     idle: Notify,
     counters: Counters,
 }
@@ -43,7 +49,7 @@ impl TieredStore {
                 max_bytes: max_bytes_in_flight,
                 bytes: AtomicU64::new(0),
                 tasks: AtomicUsize::new(0),
-                keys: Mutex::new(HashSet::new()),
+                pending: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 counters: Counters::new("tiered"),
             }),
@@ -62,9 +68,14 @@ impl TieredStore {
         if targets.is_empty() {
             return;
         }
-        if !w.keys.lock().insert(key) {
-            w.counters.skipped();
-            return;
+        {
+            let mut pending = w.pending.lock();
+            if pending.contains_key(&key) {
+                drop(pending);
+                w.counters.skipped();
+                return;
+            }
+            pending.insert(key, chunk.clone());
         }
         let reserved = w
             .bytes
@@ -72,7 +83,7 @@ impl TieredStore {
                 (b + len <= w.max_bytes).then_some(b + len)
             });
         if reserved.is_err() {
-            w.keys.lock().remove(&key);
+            w.pending.lock().remove(&key);
             w.counters.dropped();
             tracing::debug!(%key, bytes = len, "write-behind budget full; chunk not stored");
             return;
@@ -95,13 +106,34 @@ impl TieredStore {
                 }
             });
             join_all(writes).await;
-            w.keys.lock().remove(&key);
+            w.pending.lock().remove(&key);
             w.bytes.fetch_sub(len, Ordering::AcqRel);
             telemetry::write_behind_bytes(w.bytes.load(Ordering::Relaxed));
             if w.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
                 w.idle.notify_waiters();
             }
         });
+    }
+}
+
+impl WriteBehind {
+    /// A chunk still being written behind, counted as a hit.
+    fn pending_get(&self, key: ChunkKey) -> Option<EncodedChunk> {
+        let chunk = self.pending.lock().get(&key).cloned()?;
+        self.counters.hit(chunk.len());
+        Some(chunk)
+    }
+
+    /// Which of `keys` are being written behind (they are in this
+    /// process's memory), and the indices of the others.
+    fn pending_lookup(&self, keys: &[ChunkKey]) -> (Vec<Option<Tier>>, Vec<usize>) {
+        let pending = self.pending.lock();
+        let out: Vec<Option<Tier>> = keys
+            .iter()
+            .map(|k| pending.contains_key(k).then_some(Tier::Memory))
+            .collect();
+        let missing = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        (out, missing)
     }
 }
 
@@ -113,8 +145,7 @@ impl KvStore for TieredStore {
     fn lookup<'a>(&'a self, keys: &'a [ChunkKey]) -> BoxFuture<'a, Vec<Option<Tier>>> {
         Box::pin(async move {
             self.writer.counters.lookups(keys.len());
-            let mut out = vec![None; keys.len()];
-            let mut missing: Vec<usize> = (0..keys.len()).collect();
+            let (mut out, mut missing) = self.writer.pending_lookup(keys);
             for tier in &self.tiers {
                 if missing.is_empty() {
                     break;
@@ -136,6 +167,9 @@ impl KvStore for TieredStore {
 
     fn get(&self, key: ChunkKey) -> BoxFuture<'_, Option<EncodedChunk>> {
         Box::pin(async move {
+            if let Some(chunk) = self.writer.pending_get(key) {
+                return Some(chunk);
+            }
             for (i, tier) in self.tiers.iter().enumerate() {
                 if let Some(chunk) = tier.get(key).await {
                     self.writer.counters.hit(chunk.len());
@@ -150,8 +184,9 @@ impl KvStore for TieredStore {
 
     fn get_many<'a>(&'a self, keys: &'a [ChunkKey]) -> BoxFuture<'a, Vec<Option<EncodedChunk>>> {
         Box::pin(async move {
-            let mut out = vec![None; keys.len()];
-            let mut missing: Vec<usize> = (0..keys.len()).collect();
+            let mut out: Vec<Option<EncodedChunk>> =
+                keys.iter().map(|&k| self.writer.pending_get(k)).collect();
+            let mut missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
             for (t, tier) in self.tiers.iter().enumerate() {
                 if missing.is_empty() {
                     break;
@@ -185,6 +220,7 @@ impl KvStore for TieredStore {
 
     fn delete(&self, key: ChunkKey) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            self.writer.pending.lock().remove(&key);
             let results = join_all(self.tiers.iter().map(|t| t.delete(key))).await;
             self.writer.counters.deleted();
             results
