@@ -114,21 +114,31 @@ pub fn chunk_keys(ns: &Namespace, tokens: &[u32]) -> Vec<ChunkKey> {
     if c == 0 {
         return Vec::new();
     }
-    let mut prev = ns.fingerprint();
     let mut keys = Vec::with_capacity(tokens.len() / c);
-    let mut buf = Vec::with_capacity(c * 4);
     for chunk in tokens.chunks_exact(c) {
-        buf.clear();
-        for t in chunk {
-            buf.extend_from_slice(&t.to_le_bytes());
-        }
-        let mut h = blake3::Hasher::new();
-        h.update(&prev);
-        h.update(&buf);
-        prev = *h.finalize().as_bytes();
-        keys.push(ChunkKey(prev));
+        keys.push(next_chunk_key(ns, keys.last(), chunk));
     }
     keys
+}
+
+/// The key of the chunk holding `tokens` after the chunk keyed `prev`
+/// (`None`: the first chunk). Extends [`chunk_keys`] one chunk at a time,
+/// as a sequence grows during decoding.
+pub fn next_chunk_key(ns: &Namespace, prev: Option<&ChunkKey>, tokens: &[u32]) -> ChunkKey {
+    let root;
+    let prev = match prev {
+        Some(k) => &k.0,
+        None => {
+            root = ns.fingerprint();
+            &root
+        }
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    for t in tokens {
+        h.update(&t.to_le_bytes());
+    }
+    ChunkKey(*h.finalize().as_bytes())
 }
 
 #[cfg(test)]
@@ -168,6 +178,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn keys_extended_one_chunk_at_a_time_equal_the_whole(
+            tokens in proptest::collection::vec(any::<u32>(), 0..80),
+        ) {
+            let ns = ns("g", 8);
+            let mut grown: Vec<ChunkKey> = Vec::new();
+            for chunk in tokens.chunks_exact(8) {
+                let k = next_chunk_key(&ns, grown.last(), chunk);
+                grown.push(k);
+            }
+            prop_assert_eq!(grown, chunk_keys(&ns, &tokens));
+        }
+
         #[test]
         fn equal_prefixes_give_equal_keys(
             prefix in proptest::collection::vec(any::<u32>(), 0..64),

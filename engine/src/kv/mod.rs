@@ -40,7 +40,7 @@ pub use disk::DiskStore;
 pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,
 };
-pub use key::{ChunkKey, KV_LAYOUT_VERSION, Namespace, chunk_keys};
+pub use key::{ChunkKey, KV_LAYOUT_VERSION, Namespace, chunk_keys, next_chunk_key};
 pub use local_redis::LocalRedis;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
