@@ -251,6 +251,64 @@ impl KvCache {
         }))
     }
 
+    /// Positions `start..end` copied out to host memory as one chunk,
+    /// across however many pieces hold them (decoding appends one piece per
+    /// token).
+    pub fn range(&self, start: usize, end: usize) -> Result<KvChunk, EngineError> {
+        if start > end || end > self.len {
+            return Err(EngineError::KvLayout(format!(
+                "positions {start}..{end} of a cache of {}",
+                self.len
+            )));
+        }
+        let tokens = end - start;
+        let mut data = Vec::with_capacity(tokens * self.layout.values_per_token());
+        for l in 0..self.layout.layers {
+            for k in [true, false] {
+                let mut pos = 0;
+                for c in &self.chunks {
+                    let (a, b) = (pos, pos + c.tokens);
+                    pos = b;
+                    let (from, to) = (a.max(start), b.min(end));
+                    if from >= to {
+                        continue;
+                    }
+                    let t = if k { &c.k[l] } else { &c.v[l] };
+                    if (from, to) == (a, b) {
+                        data.extend(t.to_vec()?);
+                    } else {
+                        data.extend(t.rows(from - a, to - a)?.to_vec()?);
+                    }
+                }
+            }
+        }
+        Ok(KvChunk {
+            layout: self.layout,
+            tokens,
+            data,
+        })
+    }
+
+    /// Positions `start..end` as a chunk on the cache's device (a copy):
+    /// the piece itself when one piece holds exactly them.
+    pub(crate) fn device_range(
+        &self,
+        start: usize,
+        end: usize,
+    ) -> Result<DeviceChunk, EngineError> {
+        let mut pos = 0;
+        for c in &self.chunks {
+            if pos == start && pos + c.tokens == end {
+                return Ok(c.clone());
+            }
+            pos += c.tokens;
+            if pos > start {
+                break;
+            }
+        }
+        DeviceChunk::from_host(&self.range(start, end)?, self.device)
+    }
+
     /// Drops positions from `len` on (whole chunks only past it; a chunk
     /// straddling `len` is cut).
     pub fn truncate(&mut self, len: usize) -> Result<(), EngineError> {

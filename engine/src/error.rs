@@ -33,4 +33,8 @@ pub enum EngineError {
     /// it gets this, with the cause.
     #[error("step failed: {0}")]
     Step(String),
+    /// A broken invariant inside the engine (a bug), never the request's
+    /// fault.
+    #[error("internal: {0}")]
+    Internal(String),
 }

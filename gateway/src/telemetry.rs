@@ -27,6 +27,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 Ok(h) => {
                     describe();
                     cake_engine::kv::describe_metrics();
+                    cake_engine::worker::describe_metrics();
                     Some(h)
                 }
                 Err(e) => {
@@ -88,11 +89,15 @@ fn describe() {
     );
     describe_counter!(
         "cake_gateway_cached_tokens_total",
-        "Prompt tokens whose KV chunks were stored on arrival, by class."
+        "Prompt tokens not computed (loaded, or taken from a sibling request), by class."
     );
     describe_counter!(
         "cake_gateway_loaded_tokens_total",
         "Prompt tokens whose KV was loaded from a store, by class."
+    );
+    describe_counter!(
+        "cake_gateway_shared_tokens_total",
+        "Prompt tokens whose KV was taken from another request computing it on the same worker, by class."
     );
     describe_counter!(
         "cake_gateway_computed_tokens_total",
@@ -213,6 +218,8 @@ pub fn tokens(class: &str, u: &cake_engine::worker::Usage) {
         .increment(u.cached_tokens as u64);
     counter!("cake_gateway_loaded_tokens_total", "class" => c.clone())
         .increment(u.loaded_tokens as u64);
+    counter!("cake_gateway_shared_tokens_total", "class" => c.clone())
+        .increment(u.shared_tokens as u64);
     counter!("cake_gateway_computed_tokens_total", "class" => c)
         .increment(u.computed_tokens as u64);
 }

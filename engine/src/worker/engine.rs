@@ -1,7 +1,7 @@
 //! The embedded worker: the public handle over the scheduler thread and
 //! the I/O executor.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -9,9 +9,10 @@ use std::time::Instant;
 use cake_policy::{ChunkCost, simulate_cake};
 use tokio::sync::mpsc;
 
-use super::loader::{IoJob, IoOrder, LoadPlan, run_io};
+use super::loader::{IoJob, IoOrder, LoadPlan, Slot, run_io};
 use super::scheduler::{Msg, Scheduler, Shared};
 use super::seq::{Phase, Seq, generate_options};
+use super::siblings::{ProducerId, Siblings};
 use super::{
     Classification, EngineConfig, LoadReport, RequestClass, Strategy, WorkEvent, WorkRequest,
 };
@@ -34,6 +35,9 @@ struct Inner {
     name: Arc<str>,
     tx: Mutex<Sender<Msg>>,
     shared: Arc<Shared>,
+    siblings: Arc<Siblings>,
+    /// Serial of the next request (its identity as a sibling producer).
+    serial: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
 
@@ -70,6 +74,7 @@ impl Engine {
         })?;
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared::new());
+        let siblings = Arc::new(Siblings::default());
         let chunk_bytes = (cfg
             .codec
             .payload_len(model.layout(), cfg.chunk_tokens)
@@ -82,6 +87,7 @@ impl Engine {
             cfg: cfg.clone(),
             rx,
             shared: shared.clone(),
+            siblings: siblings.clone(),
             runtime: runtime.clone(),
             waiting: Default::default(),
             active: Vec::new(),
@@ -99,6 +105,8 @@ impl Engine {
                 cfg,
                 tx: Mutex::new(tx),
                 shared,
+                siblings,
+                serial: AtomicU64::new(1),
                 runtime,
             }),
         })
@@ -186,7 +194,6 @@ impl Engine {
     }
 
     async fn lookup(&self, prompt: &[u32], cache_group: &str) -> Lookup {
-        let c = self.inner.cfg.chunk_tokens;
         let ns = self.namespace(cache_group);
         let keys = chunk_keys(&ns, prompt);
         let stored: Vec<bool> = match &self.inner.store {
@@ -198,7 +205,7 @@ impl Engine {
                 .collect(),
             _ => vec![false; keys.len()],
         };
-        let cap = prompt.len().saturating_sub(1) / c;
+        let cap = self.cap(prompt.len());
         let cached_end = stored[..cap.min(stored.len())]
             .iter()
             .rposition(|&s| s)
@@ -210,10 +217,14 @@ impl Engine {
         }
     }
 
-    /// Which of the prompt's full chunks are stored (one batched lookup).
+    /// Which of the prompt's full chunks are stored (one batched lookup),
+    /// and which a request running here is computing now: those count as
+    /// cached too, since this request would take them from that sibling.
     pub async fn classify(&self, prompt: &[u32], cache_group: &str) -> Classification {
         let l = self.lookup(prompt, cache_group).await;
-        let n = l.stored[..l.cached_end].iter().filter(|&&s| s).count();
+        let cap = self.cap(prompt.len()).min(l.keys.len());
+        let in_flight = self.inner.siblings.in_flight(&l.keys[..cap]);
+        let n = (0..cap).filter(|&i| l.stored[i] || in_flight[i]).count();
         Classification {
             class: Some(if n > 0 {
                 RequestClass::Cached
@@ -223,6 +234,12 @@ impl Engine {
             cached_tokens: n * self.inner.cfg.chunk_tokens,
             stored: l.stored,
         }
+    }
+
+    /// Chunks of a prompt of `len` tokens that may come from elsewhere:
+    /// never the one holding the last token (its logits are computed).
+    fn cap(&self, len: usize) -> usize {
+        len.saturating_sub(1) / self.inner.cfg.chunk_tokens
     }
 
     /// Picks the strategy `auto` stands for: the cheapest of compute-only,
@@ -250,6 +267,9 @@ impl Engine {
         }
     }
 
+    /// Plans a request: its cached range (stored chunks, and chunks a
+    /// sibling is computing now), the load plan over it and its I/O job;
+    /// it registers as the producer of the chunks only it will compute.
     fn plan(
         &self,
         req: WorkRequest,
@@ -260,38 +280,82 @@ impl Engine {
     ) -> Seq {
         let inner = &self.inner;
         let c = inner.cfg.chunk_tokens;
-        let n_stored = lookup.stored[..lookup.cached_end]
-            .iter()
-            .filter(|&&s| s)
-            .count();
-        let class = if n_stored > 0 {
-            RequestClass::Cached
-        } else {
-            RequestClass::Fresh
-        };
         let mut strategy = req.strategy.unwrap_or(inner.cfg.strategy);
         if strategy == Strategy::Auto {
             strategy = self.resolve_auto(lookup.cached_end);
         }
-        // Prompt log-probabilities need every prompt token's logits.
-        if req.options.prompt_logprobs || inner.store.is_none() || n_stored == 0 {
+        // Prompt log-probabilities need every prompt token's logits; a
+        // compute-only request ignores the store.
+        let logprobs = req.options.prompt_logprobs;
+        let use_store = !logprobs && inner.store.is_some() && strategy != Strategy::Compute;
+        let producer = ProducerId {
+            serial: inner.serial.fetch_add(1, Ordering::Relaxed),
+            running: Arc::new(AtomicBool::new(true)),
+        };
+        let cap = self.cap(req.prompt.len()).min(lookup.keys.len());
+        let mut produces = Vec::new();
+        let mut reg = inner.siblings.planning();
+        let mut slots: Vec<Slot> = Vec::with_capacity(cap);
+        for (i, key) in lookup.keys.iter().enumerate() {
+            if lookup.stored[i] {
+                // Others load it from the store; this one maybe too.
+                if i < cap {
+                    slots.push(if use_store { Slot::Stored } else { Slot::Hole });
+                }
+                continue;
+            }
+            match reg.producer(key) {
+                Some(running) if i < cap && !logprobs => slots.push(Slot::Sibling(running)),
+                _ => {
+                    reg.produce(*key, i, &producer);
+                    produces.push(*key);
+                    if i < cap {
+                        slots.push(Slot::Hole);
+                    }
+                }
+            }
+        }
+        let from_elsewhere = |s: &Slot| matches!(s, Slot::Stored | Slot::Sibling(_));
+        let has_plan = slots.iter().any(from_elsewhere);
+        let mut cached_end = slots.iter().rposition(from_elsewhere).map_or(0, |i| i + 1);
+        if !use_store {
+            // Compute-only still ranks its stored prefix as Cake's compute
+            // side, as with the store.
+            cached_end = cached_end.max(lookup.cached_end);
+        }
+        slots.truncate(cached_end);
+        let n_stored = slots.iter().filter(|s| matches!(s, Slot::Stored)).count();
+        let siblings: Vec<usize> = (0..cached_end)
+            .filter(|&i| matches!(slots[i], Slot::Sibling(_)))
+            .collect();
+        let class = if lookup.stored[..lookup.cached_end].contains(&true) || !siblings.is_empty() {
+            RequestClass::Cached
+        } else {
+            RequestClass::Fresh
+        };
+        if logprobs || (n_stored == 0 && siblings.is_empty()) {
             strategy = Strategy::Compute;
         }
+        let plan = has_plan.then(|| LoadPlan::from_slots(slots));
+        if let Some(p) = &plan {
+            for &i in &siblings {
+                reg.wait(&lookup.keys[i], p, i);
+            }
+        }
+        drop(reg);
         let ns = self.namespace(&req.cache_group);
         let ctx = inner
             .store
             .as_ref()
             .map(|_| ChunkContext::new(&ns, inner.model.layout()));
-        let mut plan = None;
-        if let (Some(store), Some(ctx), true) = (&inner.store, ctx, strategy != Strategy::Compute) {
-            let p = LoadPlan::new(&lookup.stored[..lookup.cached_end]);
+        if let (Some(store), Some(ctx), Some(p), true) = (&inner.store, ctx, &plan, n_stored > 0) {
             let chunk_bytes = self.chunk_bytes();
             inner.shared.io.plan(n_stored as u64 * chunk_bytes);
             let engine = self.clone();
             let mut job = IoJob {
                 plan: p.clone(),
                 store: store.clone(),
-                keys: lookup.keys[..lookup.cached_end].to_vec(),
+                keys: lookup.keys[..cached_end].to_vec(),
                 ctx,
                 order: if strategy == Strategy::Load {
                     IoOrder::FrontToBack
@@ -308,7 +372,6 @@ impl Engine {
             };
             job.prime();
             inner.runtime.spawn(run_io(job));
-            plan = Some(p);
         }
         Seq {
             decoding: Decoding::new(&inner.model, &inner.tokenizer, opts),
@@ -318,7 +381,10 @@ impl Engine {
             strategy,
             keys: lookup.keys,
             stored: lookup.stored,
-            cached_end: lookup.cached_end,
+            ns,
+            producer,
+            produces,
+            cached_end,
             plan,
             chunk_tokens: c,
             cache: inner.model.new_cache(),
@@ -327,7 +393,8 @@ impl Engine {
             logits: Vec::new(),
             loaded_tokens: 0,
             computed_tokens: 0,
-            computed_chunks: Vec::new(),
+            shared_tokens: 0,
+            sibling_wait: None,
             ttft: None,
             prompt_logprobs: Vec::new(),
             worker: inner.name.clone(),

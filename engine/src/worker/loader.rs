@@ -1,6 +1,9 @@
 //! The bidirectional loader's shared state for one request: a slot per
 //! chunk of the cached range, claimed by exactly one side (compute from the
-//! front, I/O from the back) before that side works on it.
+//! front, I/O from the back) before that side works on it. A third source,
+//! a sibling request computing the same chunk now ([`super::siblings`]),
+//! hands its chunks over into the slots it owes; neither side claims those
+//! while the sibling runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 
 use super::scheduler::Shared;
+use crate::EngineError;
 use crate::cache::DeviceChunk;
 use crate::kv::{ChunkContext, ChunkKey, KvStore, load_chunk_to};
 
@@ -29,10 +33,29 @@ pub(crate) enum Slot {
     Loading(std::time::Instant),
     /// Loaded (on the model's device), waiting for compute to reach it.
     Loaded(DeviceChunk),
+    /// Being computed by another request on this worker (`running`: the
+    /// scheduler runs it now; if not, compute claims the chunk itself).
+    /// The I/O side skips it.
+    Sibling(Arc<AtomicBool>),
+    /// Handed over by that request: taken in like a loaded chunk.
+    Shared(DeviceChunk),
     /// Taken into the request's KV cache.
     Used,
     /// The load failed (missing, corrupt, store down): compute takes it.
     Failed,
+}
+
+/// What the compute side does at the front of the cached range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// Compute it now (claimed).
+    Compute,
+    /// Wait for a load to land.
+    Wait,
+    /// Wait for a sibling request to hand it over.
+    WaitSibling,
+    /// It does not fit in this step; left unclaimed.
+    NoRoom,
 }
 
 /// Which chunks the I/O side loads, and in which order.
@@ -56,17 +79,126 @@ pub(crate) struct LoadPlan {
 }
 
 impl LoadPlan {
+    #[cfg(test)]
     pub(crate) fn new(stored: &[bool]) -> Arc<LoadPlan> {
+        LoadPlan::from_slots(
+            stored
+                .iter()
+                .map(|&s| if s { Slot::Stored } else { Slot::Hole })
+                .collect(),
+        )
+    }
+
+    /// A plan whose slots start as given (stored, hole or sibling).
+    pub(crate) fn from_slots(slots: Vec<Slot>) -> Arc<LoadPlan> {
         Arc::new(LoadPlan {
-            slots: Mutex::new(
-                stored
-                    .iter()
-                    .map(|&s| if s { Slot::Stored } else { Slot::Hole })
-                    .collect(),
-            ),
+            slots: Mutex::new(slots),
             cancelled: AtomicBool::new(false),
             changed: Notify::new(),
         })
+    }
+
+    /// The chunk that landed at `i` (loaded, or handed over by a
+    /// sibling: `shared`), taken for the cache; `None` when none has.
+    pub(crate) fn take_landed(&self, i: usize) -> Option<(DeviceChunk, bool)> {
+        let mut s = self.lock();
+        let slot = s.get_mut(i)?;
+        if !matches!(slot, Slot::Loaded(_) | Slot::Shared(_)) {
+            return None;
+        }
+        match std::mem::replace(slot, Slot::Used) {
+            Slot::Loaded(c) => Some((c, false)),
+            Slot::Shared(c) => Some((c, true)),
+            _ => None,
+        }
+    }
+
+    /// The compute side at chunk `i`, the front of the cached range: claims
+    /// it when compute should work on it now. `fits`: a chunk fits in what
+    /// is left of this step (a claim left waiting for a step with room
+    /// would keep the I/O side off the chunk while the link sits idle).
+    /// `load_only`: stored chunks are the I/O side's. `steal(issued)`:
+    /// whether to take over a load in flight since `issued` rather than
+    /// wait for it (the load is then dropped).
+    pub(crate) fn claim_front(
+        &self,
+        i: usize,
+        fits: bool,
+        load_only: bool,
+        steal: impl FnOnce(std::time::Instant) -> bool,
+    ) -> Result<Front, EngineError> {
+        let mut s = self.lock();
+        let Some(slot) = s.get_mut(i) else {
+            return Err(EngineError::Internal(format!(
+                "loader invariant broken: chunk {i} is outside the plan"
+            )));
+        };
+        let front = match slot {
+            // Landed after the caller looked: the next pass takes it in.
+            Slot::Loaded(_) | Slot::Shared(_) => Front::Wait,
+            Slot::Stored if load_only => Front::Wait,
+            Slot::Loading(_) if load_only || !fits => Front::Wait,
+            Slot::Loading(issued) => {
+                if steal(*issued) {
+                    *slot = Slot::Computing;
+                    drop(s);
+                    self.taken_over();
+                    return Ok(Front::Compute);
+                }
+                Front::Wait
+            }
+            // A running sibling hands it over soon.
+            Slot::Sibling(running) if running.load(Ordering::Acquire) => Front::WaitSibling,
+            Slot::Stored | Slot::Hole | Slot::Failed | Slot::Sibling(_) if !fits => Front::NoRoom,
+            Slot::Stored | Slot::Hole | Slot::Failed | Slot::Sibling(_) => {
+                *slot = Slot::Computing;
+                Front::Compute
+            }
+            // Claimed by compute earlier and not run yet.
+            Slot::Computing => Front::Compute,
+            Slot::Used => {
+                return Err(EngineError::Internal(format!(
+                    "loader invariant broken: chunk {i} already taken"
+                )));
+            }
+        };
+        Ok(front)
+    }
+
+    /// Compute has put chunk `i` into the cache.
+    pub(crate) fn computed(&self, i: usize) {
+        if let Some(slot) = self.lock().get_mut(i) {
+            *slot = Slot::Used;
+        }
+    }
+
+    /// Whether chunk `i` still waits for a sibling to hand it over.
+    pub(crate) fn waits_for_sibling(&self, i: usize) -> bool {
+        !self.cancelled() && matches!(self.lock().get(i), Some(Slot::Sibling(_)))
+    }
+
+    /// A sibling hands chunk `i` over; taken unless compute claimed the
+    /// chunk meanwhile (or the request ended). Returns whether it was.
+    pub(crate) fn offer_shared(&self, i: usize, chunk: DeviceChunk) -> bool {
+        if self.cancelled() {
+            return false;
+        }
+        let mut s = self.lock();
+        match s.get_mut(i) {
+            Some(slot @ Slot::Sibling(_)) => {
+                *slot = Slot::Shared(chunk);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The sibling computing chunk `i` ended without it: compute fills it.
+    pub(crate) fn sibling_gone(&self, i: usize) {
+        let mut s = self.lock();
+        if let Some(slot @ Slot::Sibling(_)) = s.get_mut(i) {
+            *slot = Slot::Hole;
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
@@ -193,7 +325,8 @@ pub(crate) async fn run_io(job: IoJob) {
                 let s = job.plan.lock();
                 match s[i] {
                     Slot::Stored => false,
-                    Slot::Hole => continue,
+                    // Compute's, or a sibling's: not the I/O side's to load.
+                    Slot::Hole | Slot::Sibling(_) | Slot::Shared(_) => continue,
                     // Compute got here first: the two sides have met.
                     _ => job.order == IoOrder::BackToFront,
                 }

@@ -11,11 +11,14 @@ mod engine;
 mod loader;
 mod scheduler;
 mod seq;
+mod siblings;
 mod stats;
+mod telemetry;
 mod types;
 
 pub use config::{BudgetOrder, EngineConfig};
 pub use engine::Engine;
+pub use telemetry::describe_metrics;
 pub use types::{
     Classification, LoadReport, RequestClass, Strategy, TokenEvent, Usage, WorkErrorKind,
     WorkEvent, WorkOptions, WorkRequest,

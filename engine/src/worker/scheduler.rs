@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use super::config::{BudgetOrder, EngineConfig};
 use super::seq::{Next, Phase, Piece, Seq};
+use super::siblings::{Siblings, offer};
 use super::stats::{ComputeMeter, IoMeter};
+use super::telemetry;
 use super::types::{RequestClass, WorkErrorKind, WorkEvent};
 use crate::kv::{EncodedChunk, KvStore};
 use crate::{EngineError, Model, Tokenizer};
@@ -54,6 +56,7 @@ pub(crate) struct Scheduler {
     pub cfg: EngineConfig,
     pub rx: Receiver<Msg>,
     pub shared: Arc<Shared>,
+    pub siblings: Arc<Siblings>,
     pub runtime: tokio::runtime::Handle,
     pub waiting: VecDeque<Seq>,
     pub active: Vec<Seq>,
@@ -85,6 +88,7 @@ impl Scheduler {
                 }
             }
             self.reap();
+            self.serve_late();
             while self.active.len() < self.cfg.max_running {
                 // The first of the highest priority waiting.
                 let best = self
@@ -94,9 +98,17 @@ impl Scheduler {
                     .max_by_key(|(i, s)| (s.req.priority, std::cmp::Reverse(*i)))
                     .map(|(i, _)| i);
                 match best.and_then(|i| self.waiting.remove(i)) {
-                    Some(s) => self.active.push(s),
+                    Some(s) => {
+                        s.producer.running.store(true, Ordering::Release);
+                        self.active.push(s);
+                    }
                     None => break,
                 }
+            }
+            // A request still waiting for a running slot computes nothing
+            // soon: requests waiting on its chunks compute them themselves.
+            for s in &self.waiting {
+                s.producer.running.store(false, Ordering::Release);
             }
             let used = self.step();
             self.publish();
@@ -128,12 +140,15 @@ impl Scheduler {
     /// loads in flight are cancelled).
     fn reap(&mut self) {
         let running = &self.shared.running;
+        let siblings = &self.siblings;
         let keep = |s: &Seq| {
             let gone = s.client_gone();
             if gone || s.phase == Phase::Done {
                 if let Some(p) = &s.plan {
                     p.cancel();
                 }
+                // Chunks it owed and did not compute go to their waiters.
+                siblings.release(s.producer.serial, &s.produces);
                 if gone && s.phase != Phase::Done {
                     tracing::debug!(id = %s.req.id, "client gone; request cancelled");
                 }
@@ -147,6 +162,28 @@ impl Scheduler {
         };
         self.active.retain(keep);
         self.waiting.retain(|s| keep(s));
+    }
+
+    /// Hands requests planned after their siblings computed the chunks
+    /// they share a copy from those siblings' caches.
+    fn serve_late(&self) {
+        let c = self.cfg.chunk_tokens;
+        for late in self.siblings.take_late() {
+            let producer = self
+                .active
+                .iter()
+                .chain(self.waiting.iter())
+                .find(|s| s.producer.serial == late.serial);
+            match producer {
+                Some(p) => {
+                    let (start, end) = (late.index * c, (late.index + 1) * c);
+                    offer(vec![(late.plan, late.slot)], || {
+                        p.cache.device_range(start, end)
+                    });
+                }
+                None => late.plan.sibling_gone(late.slot),
+            }
+        }
     }
 
     fn publish(&self) {
@@ -365,50 +402,71 @@ impl Scheduler {
                 Piece::Decode => 1,
             };
             match seq.finish_piece(&self.tokenizer, piece, logits) {
-                Ok(true) => self.write_back(i),
-                Ok(false) => {}
+                Ok(_) => {
+                    let c = seq.chunk_tokens;
+                    let filled = match piece {
+                        Piece::Prefill { start, end } => {
+                            (end - start == c && start.is_multiple_of(c)).then_some(start / c)
+                        }
+                        Piece::Decode => seq.filled_chunk().inspect(|_| telemetry::answer_chunk()),
+                    };
+                    if let Some(j) = filled {
+                        self.chunk_ready(i, j);
+                    }
+                }
                 Err(e) => failed.push((i, e)),
             }
         }
         used
     }
 
-    /// Writes the full chunks this request computed and the store lacks,
-    /// behind the request.
-    fn write_back(&self, i: usize) {
-        let (Some(store), true) = (&self.store, self.cfg.write_back) else {
+    /// Request `i` has just computed its full chunk `j`: it becomes
+    /// visible at once — handed to the requests waiting for it here, and
+    /// put into the store (whose write-behind answers lookups from now on,
+    /// before any tier has it).
+    fn chunk_ready(&self, i: usize, j: usize) {
+        let seq = &self.active[i];
+        let Some(&key) = seq.keys.get(j) else { return };
+        let c = seq.chunk_tokens;
+        if seq.stored.get(j).copied() != Some(true) {
+            self.store_chunk(seq, j);
+        }
+        let cache = &seq.cache;
+        self.siblings.computed(&key, seq.producer.serial, || {
+            cache.device_range(j * c, (j + 1) * c)
+        });
+    }
+
+    /// Puts chunk `j` of `seq` into the store, unless write-back is off.
+    /// A tiered store takes it at once (it is visible from then on) and
+    /// writes it to its tiers behind the request; a put that must wait is
+    /// left to the runtime.
+    fn store_chunk(&self, seq: &Seq, j: usize) {
+        let (Some(store), true, Some(ctx)) = (&self.store, self.cfg.write_back, seq.ctx) else {
             return;
         };
-        let seq = &self.active[i];
-        let Some(ctx) = seq.ctx else { return };
-        let mut chunks = Vec::new();
-        for &c in &seq.computed_chunks {
-            if c >= seq.keys.len() || seq.stored.get(c).copied().unwrap_or(false) {
-                continue;
+        let Some(&key) = seq.keys.get(j) else { return };
+        let c = seq.chunk_tokens;
+        let encoded = match seq.cache.range(j * c, (j + 1) * c) {
+            Ok(kv) => EncodedChunk::encode(key, &ctx, j as u32, &kv).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let chunk = match encoded {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode a chunk for write-back");
+                return;
             }
-            let kv = match seq.cache.chunk(c) {
-                Ok(Some(kv)) => kv,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read a chunk back for write-back");
-                    continue;
-                }
-            };
-            match EncodedChunk::encode(seq.keys[c], &ctx, c as u32, &kv) {
-                Ok(e) => chunks.push(e),
-                Err(e) => tracing::warn!(error = %e, "could not encode a chunk for write-back"),
-            }
-        }
-        if chunks.is_empty() {
-            return;
-        }
+        };
         let store = store.clone();
-        self.runtime.spawn(async move {
-            for c in chunks {
-                if let Err(e) = store.put(c).await {
-                    tracing::debug!(error = %e, "write-back of a chunk failed");
-                }
+        let _runtime = self.runtime.enter();
+        let mut put = Box::pin(async move {
+            if let Err(e) = store.put(chunk).await {
+                tracing::debug!(error = %e, "write-back of a chunk failed");
             }
         });
+        if futures::FutureExt::now_or_never(&mut put).is_none() {
+            self.runtime.spawn(put);
+        }
     }
 }

@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::loader::{LoadPlan, Slot};
+use super::loader::{Front, LoadPlan};
+use super::siblings::ProducerId;
+use super::telemetry;
 use super::types::{RequestClass, Strategy, TokenEvent, Usage, WorkEvent, WorkRequest};
 use crate::generate::logprob_of;
-use crate::kv::{ChunkContext, ChunkKey};
+use crate::kv::{ChunkContext, ChunkKey, Namespace, next_chunk_key};
 use crate::{
     BatchItem, Decoding, EngineError, GenerateOptions, KvCache, Logits, SamplingParams,
     TokenLogprob, Tokenizer,
@@ -65,8 +67,16 @@ pub(crate) struct Seq {
     pub arrival: Instant,
     pub class: RequestClass,
     pub strategy: Strategy,
+    /// Keys of the full chunks of the prompt, then of the chunks filled
+    /// while decoding (prompt and answer tokens), as they fill.
     pub keys: Vec<ChunkKey>,
     pub stored: Vec<bool>,
+    /// The chunk-key namespace (for the keys of chunks filled decoding).
+    pub ns: Namespace,
+    /// This request as a producer of chunks siblings wait for.
+    pub producer: ProducerId,
+    /// Keys of the chunks it registered to produce (released when it ends).
+    pub produces: Vec<ChunkKey>,
     /// Chunks `0..cached_end` form the range the loader works on.
     pub cached_end: usize,
     pub plan: Option<Arc<LoadPlan>>,
@@ -79,8 +89,10 @@ pub(crate) struct Seq {
     pub logits: Vec<f32>,
     pub loaded_tokens: usize,
     pub computed_tokens: usize,
-    /// Full chunks this request computed (candidates for write-back).
-    pub computed_chunks: Vec<usize>,
+    /// Prompt tokens handed over by siblings.
+    pub shared_tokens: usize,
+    /// Since when compute has waited for a sibling's chunk.
+    pub sibling_wait: Option<Instant>,
     pub ttft: Option<f64>,
     pub prompt_logprobs: Vec<Option<TokenLogprob>>,
     pub worker: Arc<str>,
@@ -131,26 +143,19 @@ impl Seq {
             return Ok(());
         };
         while self.phase == Phase::Prefill && self.front < self.cached_end {
-            let mut slots = plan.lock();
-            let i = self.front;
-            match std::mem::replace(&mut slots[i], Slot::Used) {
-                Slot::Loaded(chunk) => {
-                    drop(slots);
-                    self.use_loaded(chunk)?;
-                }
-                other => {
-                    slots[i] = other;
-                    break;
-                }
+            let Some((chunk, shared)) = plan.take_landed(self.front) else {
+                break;
+            };
+            self.cache.push_loaded(chunk)?;
+            if shared {
+                self.shared_tokens += self.chunk_tokens;
+                let waited = self.sibling_wait.take().map(|t| t.elapsed());
+                telemetry::sibling_chunk_taken(waited);
+            } else {
+                self.loaded_tokens += self.chunk_tokens;
             }
+            self.front += 1;
         }
-        Ok(())
-    }
-
-    fn use_loaded(&mut self, chunk: crate::cache::DeviceChunk) -> Result<(), EngineError> {
-        self.cache.push_loaded(chunk)?;
-        self.loaded_tokens += self.chunk_tokens;
-        self.front += 1;
         Ok(())
     }
 
@@ -178,64 +183,22 @@ impl Seq {
         if self.front < self.cached_end
             && let Some(plan) = &self.plan
         {
-            let mut slots = plan.lock();
             let i = self.front;
-            match std::mem::replace(&mut slots[i], Slot::Used) {
-                // Landed just now, after `take_loaded` looked: the I/O
-                // side's wake-up brings the scheduler back for it.
-                loaded @ Slot::Loaded(_) => {
-                    slots[i] = loaded;
-                    return Ok(Next::Blocked);
-                }
-                Slot::Stored if self.strategy == Strategy::Load => {
-                    // Load-only: stored chunks are the I/O side's.
-                    slots[i] = Slot::Stored;
-                    return Ok(Next::Blocked);
-                }
-                Slot::Loading(issued) => {
-                    if self.strategy == Strategy::Load || c > room || !steal(issued, i) {
-                        slots[i] = Slot::Loading(issued);
-                        return Ok(Next::Blocked);
+            let load_only = self.strategy == Strategy::Load;
+            return Ok(
+                match plan.claim_front(i, c <= room, load_only, |issued| steal(issued, i))? {
+                    Front::Compute => Next::Prefill {
+                        start: i * c,
+                        end: (i + 1) * c,
+                    },
+                    Front::Wait => Next::Blocked,
+                    Front::WaitSibling => {
+                        self.sibling_wait.get_or_insert_with(Instant::now);
+                        Next::Blocked
                     }
-                    // The two sides met on a load that would finish later
-                    // than compute can: compute takes it, and the I/O side
-                    // drops the load.
-                    slots[i] = Slot::Computing;
-                    drop(slots);
-                    plan.taken_over();
-                    return Ok(Next::Prefill {
-                        start: i * c,
-                        end: (i + 1) * c,
-                    });
-                }
-                // No room in this step: left unclaimed, so the I/O side
-                // may still load it meanwhile.
-                slot @ (Slot::Stored | Slot::Hole | Slot::Failed) if c > room => {
-                    slots[i] = slot;
-                    return Ok(Next::NoRoom);
-                }
-                Slot::Stored | Slot::Hole | Slot::Failed => {
-                    slots[i] = Slot::Computing;
-                    return Ok(Next::Prefill {
-                        start: i * c,
-                        end: (i + 1) * c,
-                    });
-                }
-                // Claimed by us earlier and not run yet.
-                Slot::Computing => {
-                    slots[i] = Slot::Computing;
-                    return Ok(Next::Prefill {
-                        start: i * c,
-                        end: (i + 1) * c,
-                    });
-                }
-                other @ Slot::Used => {
-                    slots[i] = other;
-                    return Err(EngineError::BadRequest(format!(
-                        "loader invariant broken: chunk {i} already taken"
-                    )));
-                }
-            }
+                    Front::NoRoom => Next::NoRoom,
+                },
+            );
         }
         let start = self.cache.len();
         let end = ((start / c + 1) * c).min(self.prompt_len());
@@ -320,13 +283,13 @@ impl Seq {
             self.logits = take_logits(logits)?;
         }
         self.computed_tokens += end - start;
-        if end - start == self.chunk_tokens && start.is_multiple_of(self.chunk_tokens) {
-            self.computed_chunks.push(start / self.chunk_tokens);
-        }
         if start / self.chunk_tokens == self.front && self.front < self.cached_end {
             if let Some(plan) = &self.plan {
-                plan.lock()[self.front] = Slot::Used;
+                plan.computed(self.front);
             }
+            // A chunk compute took over from a sibling no longer counts as
+            // waited for.
+            self.sibling_wait = None;
             self.front += 1;
         }
         if last {
@@ -369,17 +332,45 @@ impl Seq {
         });
     }
 
+    /// The chunk a decode step just filled, if it filled one: its index,
+    /// with its key (over the prompt and the tokens generated so far)
+    /// appended to [`Seq::keys`]. Chunks of the answer are stored like the
+    /// prompt's, so the next turn of a conversation reuses them.
+    pub fn filled_chunk(&mut self) -> Option<usize> {
+        let c = self.chunk_tokens;
+        let len = self.cache.len();
+        if c == 0 || len == 0 || !len.is_multiple_of(c) || len / c <= self.keys.len() {
+            return None;
+        }
+        let j = len / c - 1;
+        if j != self.keys.len() {
+            return None;
+        }
+        let p = self.prompt_len();
+        let generated = self.decoding.tokens();
+        let mut tokens = Vec::with_capacity(c);
+        for t in j * c..len {
+            let token = if t < p {
+                self.req.prompt.get(t)
+            } else {
+                generated.get(t - p)
+            };
+            tokens.push(*token?);
+        }
+        let key = next_chunk_key(&self.ns, self.keys.last(), &tokens);
+        self.keys.push(key);
+        Some(j)
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_len(),
             completion_tokens: self.decoding.tokens().len(),
-            cached_tokens: self.stored[..self.cached_end]
-                .iter()
-                .filter(|&&s| s)
-                .count()
-                * self.chunk_tokens,
+            // What this request did not compute: loaded, or handed over.
+            cached_tokens: self.loaded_tokens + self.shared_tokens,
             loaded_tokens: self.loaded_tokens,
             computed_tokens: self.computed_tokens,
+            shared_tokens: self.shared_tokens,
             ttft_ms: self.ttft.unwrap_or(0.0) * 1e3,
             total_ms: self.arrival.elapsed().as_secs_f64() * 1e3,
             strategy: self.strategy.as_str().to_string(),
@@ -402,6 +393,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::init::{Dtype, preset, write_checkpoint};
+    use crate::worker::loader::Slot;
     use crate::{Device, Model};
 
     const C: usize = 16;
@@ -429,6 +421,12 @@ mod tests {
             strategy: Strategy::Cake,
             keys: Vec::new(),
             stored: vec![true; 3],
+            ns: Namespace::new([0; 32], C as u32, crate::kv::Codec::F32, "g"),
+            producer: ProducerId {
+                serial: 1,
+                running: Default::default(),
+            },
+            produces: Vec::new(),
             cached_end: 3,
             plan: Some(plan.clone()),
             chunk_tokens: C,
@@ -438,7 +436,8 @@ mod tests {
             logits: Vec::new(),
             loaded_tokens: 0,
             computed_tokens: 0,
-            computed_chunks: Vec::new(),
+            shared_tokens: 0,
+            sibling_wait: None,
             ttft: None,
             prompt_logprobs: Vec::new(),
             worker: "w".into(),

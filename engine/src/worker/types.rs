@@ -124,10 +124,15 @@ pub struct WorkRequest {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
-    /// Prompt tokens whose chunks were stored when the request arrived.
+    /// Prompt tokens this request did not compute: loaded from a store
+    /// or handed over by a sibling (`loaded_tokens + shared_tokens`).
     pub cached_tokens: usize,
     pub loaded_tokens: usize,
     pub computed_tokens: usize,
+    /// Prompt tokens taken from another request on the same worker that
+    /// was computing them at the time.
+    #[serde(default)]
+    pub shared_tokens: usize,
     pub ttft_ms: f64,
     /// Time from arrival to the last token.
     pub total_ms: f64,

@@ -20,6 +20,7 @@ pub fn usage_json(u: &Usage, class: &str, ttft_ms: f64) -> Value {
             "class": class,
             "loaded_tokens": u.loaded_tokens,
             "computed_tokens": u.computed_tokens,
+            "shared_tokens": u.shared_tokens,
             "ttft_ms": (ttft_ms * 1000.0).round() / 1000.0,
             "worker": u.worker,
         }

@@ -276,6 +276,7 @@ impl Worker for MockWorker {
                 cached_tokens: cls.cached_tokens,
                 loaded_tokens: cls.cached_tokens,
                 computed_tokens: req.prompt.len() - cls.cached_tokens,
+                shared_tokens: 0,
                 ttft_ms,
                 total_ms: arrived.elapsed().as_secs_f64() * 1e3,
                 strategy: "cake".into(),

@@ -102,6 +102,7 @@ impl Translate {
                 cached_tokens: cached,
                 loaded_tokens: cached,
                 computed_tokens: prompt_tokens.saturating_sub(cached),
+                shared_tokens: 0,
                 ttft_ms: self.ttft_ms.unwrap_or(0.0),
                 total_ms: self.started.elapsed().as_secs_f64() * 1e3,
                 strategy: String::new(),
