@@ -6,6 +6,7 @@
 
 mod limits_redis;
 mod placement;
+mod prefixes;
 mod queue;
 mod reload;
 pub(crate) mod sha256;
@@ -20,7 +21,8 @@ use crate::config::{Config, PolicyConfig, TenantConfig};
 use crate::worker::WorkerPool;
 
 pub use limits_redis::SharedLimits;
-pub use placement::{PlaceRequest, Reservation};
+pub use placement::{InFlightPrefix, PlaceRequest, Reservation};
+pub use prefixes::{ChunkId, InFlightPrefixes, PrefixGuard, chunk_ids};
 pub use queue::SlotGuard;
 pub use tenants::{TenantEntry, TenantPermit, Tenants};
 
@@ -36,6 +38,7 @@ pub struct Admission {
     pool: Arc<WorkerPool>,
     sched: Mutex<queue::Sched>,
     place: Mutex<placement::PlaceState>,
+    prefixes: Arc<InFlightPrefixes>,
 }
 
 impl Admission {
@@ -53,7 +56,13 @@ impl Admission {
             pool,
             sched: Mutex::new(queue::Sched::new(policy)),
             place: Mutex::new(placement::PlaceState::new(policy.placement, n)),
+            prefixes: Arc::default(),
         }
+    }
+
+    /// Which worker computes each chunk of the requests in flight.
+    pub fn prefixes(&self) -> &Arc<InFlightPrefixes> {
+        &self.prefixes
     }
 
     /// The tenants and policy in force now.

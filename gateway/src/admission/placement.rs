@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cake_engine::worker::LoadReport;
 use cake_policy::{
     Ledger, Placement, PlacementPolicy, Placer, Prediction, PrefixKey, RateDefaults, RequestShape,
-    WorkerLoad, WorkerView, prefill_rate,
+    WorkerLoad, WorkerView, predict, prefill_rate,
 };
 
 use super::{Admission, sha256};
@@ -66,6 +66,13 @@ pub struct Reservation {
     id: u64,
 }
 
+impl Reservation {
+    /// The worker's index in the pool.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut p = self.adm.place.lock().unwrap_or_else(|e| e.into_inner());
@@ -76,11 +83,24 @@ impl Drop for Reservation {
     }
 }
 
+/// A worker computing part of a request's prefix for another request in
+/// flight (the gateway's in-flight prefix registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightPrefix {
+    /// The worker's index in the pool.
+    pub worker: usize,
+    /// Prompt tokens stored or being computed there.
+    pub cached_tokens: usize,
+}
+
 /// What placement needs of a request.
 pub struct PlaceRequest<'a> {
     pub prompt: &'a [u32],
+    /// Prompt tokens stored where every worker reads them.
     pub cached_tokens: usize,
     pub cache_group: &'a str,
+    /// Where a request in flight computes more of this prefix now.
+    pub in_flight: Option<InFlightPrefix>,
 }
 
 impl PlaceRequest<'_> {
@@ -151,8 +171,31 @@ impl Admission {
             // granted): place among the healthy ones regardless.
             views = self.views(&mut p, now, false);
         }
-        let Placement { worker, prediction } =
-            p.placer.place(&views, &req.shape(), Some(&prefix))?;
+        let shape = req.shape();
+        let Placement {
+            mut worker,
+            mut prediction,
+        } = p.placer.place(&views, &shape, Some(&prefix))?;
+        if p.placer.policy() == PlacementPolicy::Adaptive
+            && let Some(sib) = req.in_flight
+            && sib.worker != worker
+            && views.get(sib.worker).is_some_and(|v| v.healthy)
+        {
+            // The worker computing this prefix now: there the request
+            // waits for those chunks instead of computing them again.
+            // Elsewhere it recomputes the prefix, which costs that worker
+            // about the request's idle TTFT; go elsewhere only when the
+            // sibling's worker is slower by more than that (saturated).
+            let there = RequestShape {
+                cached_tokens: sib.cached_tokens as u64,
+                ..shape
+            };
+            let on_sibling = predict(&views[sib.worker].load, &there, &RateDefaults::default());
+            if on_sibling.ttft <= prediction.ttft + prediction.idle_ttft {
+                worker = sib.worker;
+                prediction = on_sibling;
+            }
+        }
         p.next_id += 1;
         let id = p.next_id;
         p.ledger.dispatch(id, worker, prediction.work(), now);

@@ -9,7 +9,10 @@ use std::time::Instant;
 use cake_engine::Tokenizer;
 use cake_engine::worker::RequestClass;
 
-use crate::admission::{Admission, Reservation, SlotGuard, TenantEntry, TenantPermit};
+use crate::admission::{
+    Admission, ChunkId, InFlightPrefix, PrefixGuard, Reservation, SlotGuard, TenantEntry,
+    TenantPermit,
+};
 use crate::api::{ChatTemplate, GenParams};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
@@ -90,6 +93,8 @@ pub struct Held {
     pub reservation: Option<Reservation>,
     pub slot: Option<SlotGuard>,
     pub permit: Option<TenantPermit>,
+    /// This request's chunks in the in-flight prefix registry.
+    pub prefix: Option<PrefixGuard>,
 }
 
 /// What the top of the stack learns from the layers below, for its span,
@@ -134,9 +139,16 @@ pub struct GenCtx {
     /// Set by `tokenize`: the prompt's ids, and its text for `echo`.
     pub prompt: Vec<u32>,
     pub prompt_text: Option<String>,
-    /// Set by `classify`.
+    /// Set by `classify`: the class and the prompt tokens that need not be
+    /// computed (stored, or being computed for a request in flight).
     pub class: RequestClass,
     pub cached_tokens: usize,
+    /// Of those, the stored ones.
+    pub stored_tokens: usize,
+    /// The worker computing more of this prefix for a request in flight.
+    pub in_flight: Option<InFlightPrefix>,
+    /// The prompt's chunks as the in-flight prefix registry names them.
+    pub chunk_ids: Vec<ChunkId>,
     /// Set by `place`: healthy workers in the order to try them.
     pub candidates: Vec<Arc<WorkerSlot>>,
     /// Set by `admit` and `place`; dropped with the request.

@@ -123,6 +123,9 @@ where
                 prompt_text: None,
                 class: RequestClass::Fresh,
                 cached_tokens: 0,
+                stored_tokens: 0,
+                in_flight: None,
+                chunk_ids: Vec::new(),
                 candidates: Vec::new(),
                 held: Default::default(),
             };

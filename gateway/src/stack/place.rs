@@ -1,7 +1,9 @@
 //! Placement: the worker chosen by `policy.placement`
 //! ([`cake_policy::Placer`], fed with each worker's last load report plus
-//! the in-flight ledger, and the classify step's cached tokens) first, then
-//! the other healthy workers for retries. No healthy worker is 503.
+//! the in-flight ledger, the classify step's stored tokens and the worker
+//! computing more of the prefix now) first, then the other healthy workers
+//! for retries. No healthy worker is 503. The request's chunks go into the
+//! in-flight prefix registry under the chosen worker until it ends.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -56,14 +58,19 @@ where
     fn call(&mut self, mut ctx: GenCtx) -> Self::Future {
         let req = PlaceRequest {
             prompt: &ctx.prompt,
-            cached_tokens: ctx.cached_tokens,
+            cached_tokens: ctx.stored_tokens,
             cache_group: &ctx.tenant.cache_group,
+            in_flight: ctx.in_flight,
         };
-        let Some((order, reservation, _)) = self.state.admission.place(&req) else {
+        let admission = &self.state.admission;
+        let Some((order, reservation, _)) = admission.place(&req) else {
             return Box::pin(futures::future::ready(Err(GatewayError::NoHealthyWorker(
                 String::new(),
             ))));
         };
+        // Requests over the same prefix from now on find it here.
+        let ids = std::mem::take(&mut ctx.chunk_ids);
+        ctx.held.prefix = Some(admission.prefixes().register(ids, reservation.worker()));
         ctx.candidates = order;
         ctx.held.reservation = Some(reservation);
         Box::pin(self.inner.call(ctx))
