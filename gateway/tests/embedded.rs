@@ -10,6 +10,11 @@ use common::{get, post};
 use serde_json::{Value, json};
 
 async fn start(dir: &std::path::Path) -> cake_gateway::Gateway {
+    start_with(dir, "").await
+}
+
+/// The gateway over the tiny model, with `extra` appended to its config.
+async fn start_with(dir: &std::path::Path, extra: &str) -> cake_gateway::Gateway {
     let model = dir.join("model");
     write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
     let text = format!(
@@ -25,6 +30,7 @@ async fn start(dir: &std::path::Path) -> cake_gateway::Gateway {
         chunk_tokens = 16
         [kv.disk]
         enabled = false
+        {extra}
         "#,
         data = dir.display(),
         model = model.display()
@@ -105,5 +111,51 @@ async fn tiny_model_end_to_end() {
     assert_eq!(lp["tokens"].as_array().unwrap().len(), prompt_tokens + 1);
     assert_eq!(lp["token_logprobs"][0], Value::Null);
     assert!(lp["token_logprobs"][1].is_number(), "{lp}");
+    gw.shutdown().await;
+}
+
+/// A burst over one new document, sent together to a gateway with two
+/// workers: the in-flight prefix registry places it on one worker, where
+/// the prefix is computed once and every other request takes it from its
+/// sibling (or from the store, once computed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_colocated_and_its_prefix_computed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = "[[workers]]\nname = \"a\"\n[[workers]]\nname = \"b\"\n";
+    let gw = start_with(dir.path(), two).await;
+    let a = gw.local_addr();
+    let prefix: Vec<u32> = (0..6 * 16).map(|i| (i * 7 + 3) % 200).collect();
+    let tasks: Vec<_> = (0..4u32)
+        .map(|i| {
+            let mut prompt = prefix.clone();
+            prompt.extend((0..5).map(|j| 200 + 5 * i + j));
+            let body =
+                json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": true})
+                    .to_string();
+            tokio::spawn(async move { post(a, "/v1/completions", &body).await })
+        })
+        .collect();
+    let mut workers = std::collections::HashSet::new();
+    let (mut computed, mut cached) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let u = r.json()["usage"].clone();
+        workers.insert(u["cake"]["worker"].as_str().unwrap().to_string());
+        computed += u["cake"]["computed_tokens"].as_u64().unwrap();
+        let c = u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            c,
+            u["cake"]["loaded_tokens"].as_u64().unwrap()
+                + u["cake"]["shared_tokens"].as_u64().unwrap(),
+            "{u}"
+        );
+        cached += u64::from(c > 0);
+    }
+    assert_eq!(workers.len(), 1, "placed on {workers:?}");
+    assert_eq!(cached, 3, "every request but the first reuses the prefix");
+    assert_eq!(computed, 6 * 16 + 4 * 5, "the prefix is computed once");
     gw.shutdown().await;
 }

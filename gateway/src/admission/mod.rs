@@ -21,8 +21,8 @@ use crate::config::{Config, PolicyConfig, TenantConfig};
 use crate::worker::WorkerPool;
 
 pub use limits_redis::SharedLimits;
-pub use placement::{InFlightPrefix, PlaceRequest, Reservation};
-pub use prefixes::{ChunkId, InFlightPrefixes, PrefixGuard, chunk_ids};
+pub use placement::{PlaceRequest, Reservation};
+pub use prefixes::{InFlightPrefixes, PrefixChunks, chunk_ids};
 pub use queue::SlotGuard;
 pub use tenants::{TenantEntry, TenantPermit, Tenants};
 
@@ -61,7 +61,7 @@ impl Admission {
     }
 
     /// Which worker computes each chunk of the requests in flight.
-    pub fn prefixes(&self) -> &Arc<InFlightPrefixes> {
+    pub fn prefixes(&self) -> &InFlightPrefixes {
         &self.prefixes
     }
 

@@ -11,6 +11,7 @@ use cake_policy::{
     WorkerLoad, WorkerView, predict, prefill_rate,
 };
 
+use super::prefixes::{PrefixChunks, PrefixGuard};
 use super::{Admission, sha256};
 use crate::worker::WorkerSlot;
 
@@ -58,19 +59,13 @@ fn worker_load(r: &LoadReport) -> WorkerLoad {
     }
 }
 
-/// A request placed on a worker: its slot there and its ledger entry,
-/// given back when dropped.
+/// A request placed on a worker: its slot there, its ledger entry and its
+/// chunks in the in-flight prefix registry, given back when dropped.
 pub struct Reservation {
     adm: Arc<Admission>,
     worker: usize,
     id: u64,
-}
-
-impl Reservation {
-    /// The worker's index in the pool.
-    pub fn worker(&self) -> usize {
-        self.worker
-    }
+    _prefix: Option<PrefixGuard>,
 }
 
 impl Drop for Reservation {
@@ -99,8 +94,9 @@ pub struct PlaceRequest<'a> {
     /// Prompt tokens stored where every worker reads them.
     pub cached_tokens: usize,
     pub cache_group: &'a str,
-    /// Where a request in flight computes more of this prefix now.
-    pub in_flight: Option<InFlightPrefix>,
+    /// The prompt's chunks, for the in-flight prefix registry (`None`:
+    /// the registry is neither consulted nor told).
+    pub chunks: Option<&'a PrefixChunks>,
 }
 
 impl PlaceRequest<'_> {
@@ -165,6 +161,9 @@ impl Admission {
             .map_or(0, |s| s.last_load().chunk_tokens as usize);
         let prefix = req.prefix(if chunk == 0 { 256 } else { chunk });
         let mut p = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the placement lock: a burst's requests are placed one
+        // after the other, each seeing where the ones before it went.
+        let in_flight = req.chunks.and_then(|c| self.prefixes.best(c));
         let mut views = self.views(&mut p, now, true);
         if !views.iter().any(|v| v.healthy) {
             // Every worker is at its cap (one went down since the slot was
@@ -177,7 +176,7 @@ impl Admission {
             mut prediction,
         } = p.placer.place(&views, &shape, Some(&prefix))?;
         if p.placer.policy() == PlacementPolicy::Adaptive
-            && let Some(sib) = req.in_flight
+            && let Some(sib) = in_flight
             && sib.worker != worker
             && views.get(sib.worker).is_some_and(|v| v.healthy)
         {
@@ -200,6 +199,9 @@ impl Admission {
         let id = p.next_id;
         p.ledger.dispatch(id, worker, prediction.work(), now);
         p.reserved[worker] += 1;
+        let prefix = req
+            .chunks
+            .map(|c| self.prefixes.register(c.ids.clone(), worker));
         drop(p);
         let mut order = vec![slots[worker].clone()];
         order.extend(
@@ -213,6 +215,7 @@ impl Admission {
             adm: self.clone(),
             worker,
             id,
+            _prefix: prefix,
         };
         Some((order, r, prediction))
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use super::placement::InFlightPrefix;
 use super::sha256;
 
 /// A chunk's identity at the gateway.
@@ -43,6 +44,19 @@ pub fn chunk_ids(cache_group: &str, prompt: &[u32], chunk: usize) -> Vec<ChunkId
         .collect()
 }
 
+/// A prompt's chunks as placement weighs them against the registry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrefixChunks {
+    /// Every full chunk's id.
+    pub ids: Vec<ChunkId>,
+    /// Which are stored (where every worker reads them).
+    pub stored: Vec<bool>,
+    /// Chunks that may come from elsewhere: never the one holding the
+    /// last prompt token.
+    pub cap: usize,
+    pub chunk_tokens: usize,
+}
+
 /// See the module docs.
 #[derive(Default)]
 pub struct InFlightPrefixes {
@@ -57,6 +71,31 @@ impl InFlightPrefixes {
         ids.iter()
             .map(|id| self.chunks.get(id).map(|e| e.0))
             .collect()
+    }
+
+    /// The worker computing the most of `chunks` (beyond what is stored)
+    /// for requests in flight, and the tokens stored or computed there.
+    pub fn best(&self, chunks: &PrefixChunks) -> Option<InFlightPrefix> {
+        let cap = chunks.cap.min(chunks.ids.len());
+        let workers = self.workers(&chunks.ids[..cap]);
+        let stored = |i: usize| chunks.stored.get(i) == Some(&true);
+        let mut best: Option<(usize, usize)> = None;
+        for (i, w) in workers.iter().enumerate() {
+            let Some(w) = *w else { continue };
+            if stored(i) || best.is_some_and(|(b, _)| b == w) {
+                continue;
+            }
+            let n = (0..cap)
+                .filter(|&j| stored(j) || workers[j] == Some(w))
+                .count();
+            if best.is_none_or(|(_, m)| n > m) {
+                best = Some((w, n));
+            }
+        }
+        best.map(|(worker, n)| InFlightPrefix {
+            worker,
+            cached_tokens: n * chunks.chunk_tokens,
+        })
     }
 
     /// Records that `worker` computes `ids` (those no other request has
@@ -120,6 +159,23 @@ mod tests {
         // A chunk's id covers the tokens before it.
         assert_ne!(chunk_ids("g", &[3, 4, 3, 4], 2)[1], a[1]);
         assert!(chunk_ids("g", &[1, 2], 0).is_empty());
+    }
+
+    #[test]
+    fn best_is_the_worker_computing_the_most_of_the_rest() {
+        let reg = Arc::new(InFlightPrefixes::default());
+        let ids = chunk_ids("g", &(0..50).collect::<Vec<u32>>(), 8);
+        let chunks = PrefixChunks {
+            ids: ids.clone(),
+            stored: vec![true, false, false, false, false, false],
+            cap: 6,
+            chunk_tokens: 8,
+        };
+        assert_eq!(reg.best(&chunks), None);
+        let _a = reg.register(ids[..2].to_vec(), 0);
+        let _b = reg.register(ids[2..5].to_vec(), 1);
+        let best = reg.best(&chunks).unwrap();
+        assert_eq!((best.worker, best.cached_tokens), (1, 4 * 8));
     }
 
     #[test]

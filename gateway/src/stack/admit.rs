@@ -106,7 +106,7 @@ async fn admit(state: &AppState, ctx: &mut GenCtx) -> Result<(), GatewayError> {
             prompt: &ctx.prompt,
             cached_tokens: ctx.cached_tokens,
             cache_group: &ctx.tenant.cache_group,
-            in_flight: None,
+            chunks: None,
         };
         if let Some((p, rate)) = adm.estimate(&req) {
             let input = ShedInput {

@@ -11,7 +11,7 @@ use cake_engine::worker::{Classification, RequestClass};
 use tower::{Layer, Service};
 
 use super::ctx::{AppState, BoxFut, GenCtx};
-use crate::admission::{InFlightPrefix, InFlightPrefixes, chunk_ids};
+use crate::admission::{InFlightPrefixes, PrefixChunks, chunk_ids};
 use crate::error::GatewayError;
 
 #[derive(Clone)]
@@ -58,7 +58,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let pool = self.state.pool.clone();
-        let prefixes = self.state.admission.prefixes().clone();
+        let admission = self.state.admission.clone();
         Box::pin(async move {
             let found = pool.classify(&ctx.prompt, &ctx.tenant.cache_group).await;
             let chunk = pool
@@ -67,8 +67,8 @@ where
                 .map(|s| s.last_load().chunk_tokens as usize)
                 .filter(|&c| c > 0)
                 .unwrap_or(DEFAULT_CHUNK);
-            let ids = chunk_ids(&ctx.tenant.cache_group, &ctx.prompt, chunk);
-            let seen = Seen::new(found.as_ref(), &prefixes, &ids, ctx.prompt.len(), chunk);
+            let chunks = prefix_chunks(found.as_ref(), &ctx.tenant.cache_group, &ctx.prompt, chunk);
+            let seen = Seen::new(found.as_ref(), admission.prefixes(), &chunks);
             let class = if seen.cached_tokens > 0 {
                 RequestClass::Cached
             } else {
@@ -77,8 +77,7 @@ where
             ctx.class = class;
             ctx.cached_tokens = seen.cached_tokens;
             ctx.stored_tokens = seen.stored_tokens;
-            ctx.in_flight = seen.in_flight;
-            ctx.chunk_ids = ids;
+            ctx.chunks = Some(chunks);
             ctx.rid.meta.update(|m| m.class = Some(class));
             tracing::Span::current().record("class", class.as_str());
             inner.call(ctx).await
@@ -89,6 +88,26 @@ where
 /// Chunk size until a worker has reported its own.
 const DEFAULT_CHUNK: usize = 256;
 
+/// The prompt's chunks as the in-flight prefix registry names them, with
+/// which are stored.
+fn prefix_chunks(
+    found: Option<&Classification>,
+    cache_group: &str,
+    prompt: &[u32],
+    chunk: usize,
+) -> PrefixChunks {
+    let ids = chunk_ids(cache_group, prompt, chunk);
+    PrefixChunks {
+        // Never the chunk holding the last token: it is always computed.
+        cap: (prompt.len().saturating_sub(1) / chunk).min(ids.len()),
+        stored: (0..ids.len())
+            .map(|i| found.is_some_and(|c| c.stored.get(i) == Some(&true)))
+            .collect(),
+        ids,
+        chunk_tokens: chunk,
+    }
+}
+
 /// What the classify step learned of a prompt's chunks.
 #[derive(Debug, PartialEq)]
 struct Seen {
@@ -96,48 +115,26 @@ struct Seen {
     cached_tokens: usize,
     /// Tokens stored.
     stored_tokens: usize,
-    /// The worker computing the most of the rest now.
-    in_flight: Option<InFlightPrefix>,
 }
 
 impl Seen {
-    fn new(
-        found: Option<&Classification>,
-        prefixes: &InFlightPrefixes,
-        ids: &[crate::admission::ChunkId],
-        prompt_len: usize,
-        chunk: usize,
-    ) -> Seen {
-        // Never the chunk holding the last token: it is always computed.
-        let cap = (prompt_len.saturating_sub(1) / chunk).min(ids.len());
-        let workers = prefixes.workers(&ids[..cap]);
-        let stored = |i: usize| found.is_some_and(|c| c.stored.get(i) == Some(&true));
-        let reported = found.map_or(0, |c| c.cached_tokens);
+    fn new(found: Option<&Classification>, prefixes: &InFlightPrefixes, c: &PrefixChunks) -> Seen {
+        let workers = prefixes.workers(&c.ids[..c.cap]);
+        let reported = found.map_or(0, |f| f.cached_tokens);
         let stored_tokens = match found {
-            Some(c) if !c.stored.is_empty() => (0..cap).filter(|&i| stored(i)).count() * chunk,
+            Some(f) if !f.stored.is_empty() => {
+                (0..c.cap).filter(|&i| c.stored[i]).count() * c.chunk_tokens
+            }
             _ => reported,
         };
-        let mut best: Option<(usize, usize)> = None;
-        for w in workers.iter().flatten() {
-            let n = (0..cap)
-                .filter(|&i| stored(i) || workers[i] == Some(*w))
-                .count();
-            if best.is_none_or(|(_, m)| n > m) {
-                best = Some((*w, n));
-            }
-        }
-        let anywhere = (0..cap)
-            .filter(|&i| stored(i) || workers[i].is_some())
+        let anywhere = (0..c.cap)
+            .filter(|&i| c.stored[i] || workers[i].is_some())
             .count()
-            * chunk;
+            * c.chunk_tokens;
         Seen {
             // The worker's answer counts what it computes now as well.
             cached_tokens: anywhere.max(reported),
             stored_tokens,
-            in_flight: best.map(|(worker, n)| InFlightPrefix {
-                worker,
-                cached_tokens: n * chunk,
-            }),
         }
     }
 }
@@ -163,30 +160,25 @@ mod tests {
     }
 
     #[test]
-    fn chunks_in_flight_count_as_cached_and_name_their_worker() {
+    fn chunks_in_flight_count_as_cached() {
         let prefixes = Arc::new(InFlightPrefixes::default());
         let prompt: Vec<u32> = (0..41).collect();
-        let ids = chunk_ids("g", &prompt, 8);
-        assert_eq!(ids.len(), 5);
         let found = classification(&[true, false, false, false, false], 8);
+        let chunks = prefix_chunks(Some(&found), "g", &prompt, 8);
+        assert_eq!((chunks.ids.len(), chunks.cap), (5, 5));
 
         // Nothing in flight: only the stored chunk.
-        let seen = Seen::new(Some(&found), &prefixes, &ids, prompt.len(), 8);
+        let seen = Seen::new(Some(&found), &prefixes, &chunks);
         assert_eq!((seen.cached_tokens, seen.stored_tokens), (8, 8));
-        assert_eq!(seen.in_flight, None);
 
         // Worker 1 computes chunks 0..3 for a request in flight.
-        let _guard = prefixes.register(ids[..3].to_vec(), 1);
-        let seen = Seen::new(Some(&found), &prefixes, &ids, prompt.len(), 8);
+        let _guard = prefixes.register(chunks.ids[..3].to_vec(), 1);
+        let seen = Seen::new(Some(&found), &prefixes, &chunks);
         assert_eq!((seen.cached_tokens, seen.stored_tokens), (24, 8));
-        let there = InFlightPrefix {
-            worker: 1,
-            cached_tokens: 24,
-        };
-        assert_eq!(seen.in_flight, Some(there));
 
         // No worker answered: what is in flight still counts.
-        let seen = Seen::new(None, &prefixes, &ids, prompt.len(), 8);
+        let chunks = prefix_chunks(None, "g", &prompt, 8);
+        let seen = Seen::new(None, &prefixes, &chunks);
         assert_eq!((seen.cached_tokens, seen.stored_tokens), (24, 0));
     }
 
@@ -194,9 +186,9 @@ mod tests {
     fn the_last_tokens_chunk_never_counts() {
         let prefixes = Arc::new(InFlightPrefixes::default());
         let prompt: Vec<u32> = (0..16).collect();
-        let ids = chunk_ids("g", &prompt, 8);
-        let _guard = prefixes.register(ids.clone(), 0);
-        let seen = Seen::new(None, &prefixes, &ids, prompt.len(), 8);
+        let chunks = prefix_chunks(None, "g", &prompt, 8);
+        let _guard = prefixes.register(chunks.ids.clone(), 0);
+        let seen = Seen::new(None, &prefixes, &chunks);
         assert_eq!(seen.cached_tokens, 8, "chunk 1 holds the last token");
     }
 }

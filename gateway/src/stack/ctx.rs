@@ -10,8 +10,7 @@ use cake_engine::Tokenizer;
 use cake_engine::worker::RequestClass;
 
 use crate::admission::{
-    Admission, ChunkId, InFlightPrefix, PrefixGuard, Reservation, SlotGuard, TenantEntry,
-    TenantPermit,
+    Admission, PrefixChunks, Reservation, SlotGuard, TenantEntry, TenantPermit,
 };
 use crate::api::{ChatTemplate, GenParams};
 use crate::config::ServerConfig;
@@ -93,8 +92,6 @@ pub struct Held {
     pub reservation: Option<Reservation>,
     pub slot: Option<SlotGuard>,
     pub permit: Option<TenantPermit>,
-    /// This request's chunks in the in-flight prefix registry.
-    pub prefix: Option<PrefixGuard>,
 }
 
 /// What the top of the stack learns from the layers below, for its span,
@@ -145,10 +142,8 @@ pub struct GenCtx {
     pub cached_tokens: usize,
     /// Of those, the stored ones.
     pub stored_tokens: usize,
-    /// The worker computing more of this prefix for a request in flight.
-    pub in_flight: Option<InFlightPrefix>,
-    /// The prompt's chunks as the in-flight prefix registry names them.
-    pub chunk_ids: Vec<ChunkId>,
+    /// The prompt's chunks, for the in-flight prefix registry.
+    pub chunks: Option<PrefixChunks>,
     /// Set by `place`: healthy workers in the order to try them.
     pub candidates: Vec<Arc<WorkerSlot>>,
     /// Set by `admit` and `place`; dropped with the request.

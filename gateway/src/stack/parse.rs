@@ -124,8 +124,7 @@ where
                 class: RequestClass::Fresh,
                 cached_tokens: 0,
                 stored_tokens: 0,
-                in_flight: None,
-                chunk_ids: Vec::new(),
+                chunks: None,
                 candidates: Vec::new(),
                 held: Default::default(),
             };

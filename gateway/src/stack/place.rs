@@ -60,17 +60,13 @@ where
             prompt: &ctx.prompt,
             cached_tokens: ctx.stored_tokens,
             cache_group: &ctx.tenant.cache_group,
-            in_flight: ctx.in_flight,
+            chunks: ctx.chunks.as_ref(),
         };
-        let admission = &self.state.admission;
-        let Some((order, reservation, _)) = admission.place(&req) else {
+        let Some((order, reservation, _)) = self.state.admission.place(&req) else {
             return Box::pin(futures::future::ready(Err(GatewayError::NoHealthyWorker(
                 String::new(),
             ))));
         };
-        // Requests over the same prefix from now on find it here.
-        let ids = std::mem::take(&mut ctx.chunk_ids);
-        ctx.held.prefix = Some(admission.prefixes().register(ids, reservation.worker()));
         ctx.candidates = order;
         ctx.held.reservation = Some(reservation);
         Box::pin(self.inner.call(ctx))
