@@ -112,8 +112,8 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Checkpoint folder (`config.json`, safetensors, `tokenizer.json`).
-    /// Empty: the synthetic `preset`, created under the data folder on
+    /// Checkpoint folder (`config.json`, safetensors, `tokenizer.json`)
+    /// or a GGUF file (llama.cpp's format). Empty: the synthetic `preset`, created under the data folder on
     /// first start.
     pub path: PathBuf,
     /// Synthetic model used when `path` is empty (`tiny`, `small`, ...).
@@ -163,9 +163,13 @@ impl ModelConfig {
         if self.path.as_os_str().is_empty() {
             return self.preset.clone();
         }
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+        // A GGUF file is served as its name without `.gguf`.
+        let name = if self.path.extension().is_some_and(|e| e == "gguf") {
+            self.path.file_stem()
+        } else {
+            self.path.file_name()
+        };
+        name.map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     }
 }
