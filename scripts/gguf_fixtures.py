@@ -12,6 +12,8 @@ the outputs are committed, so `cargo test` needs no Python).
   does.
 - tiny-llama.json: token ids and the logits scripts/llama_ref.py computes
   for them on tiny-llama.gguf (float64, weights dequantized by `gguf`).
+- tiny-spm.gguf: only a SentencePiece-style (`llama`) vocabulary: pieces
+  with `▁` for spaces, scores, byte tokens for the fallback.
 - tiny-qwen2/ and tiny-qwen3/ (Hugging Face folders: config.json and
   model.safetensors) and tiny-qwen2.gguf, tiny-qwen3.gguf (the same
   weights, matrices in Q8_0), each with a .json of ids and reference
@@ -181,6 +183,30 @@ def tiny(path):
     w.close()
 
 
+def tiny_spm(path):
+    """A SentencePiece vocabulary as llama.cpp stores one (no model)."""
+    w = gguf.GGUFWriter(path, "llama")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "▁he", "ll", "▁hell", "▁hello",
+              "▁w", "or", "▁wor", "ld", "▁world"]
+    # Pieces by decreasing score, as SentencePiece orders them.
+    tokens += pieces
+    types += [1] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_safetensors(path, tensors):
     """name -> array (float16 or float32), written as safetensors by hand."""
     header, chunks, off = {}, [], 0
@@ -311,6 +337,7 @@ def main():
     tiny(model)
     ids = [1, 90, 3 + 256 + 2, 3 + 72, 2, 100, 300 - 40, 5, 17, 3 + 256 + 11]
     reference(model, ids, os.path.join(OUT, "tiny-llama.json"))
+    tiny_spm(os.path.join(OUT, "tiny-spm.gguf"))
     tiny_qwen("qwen2", 2)
     tiny_qwen("qwen3", 3)
 

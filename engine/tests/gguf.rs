@@ -225,3 +225,21 @@ fn tiny_llama_tokenizer_and_template() {
     // as is the digits' byte tokens.
     assert_eq!(tok.encode("2024", false).unwrap().len(), 4);
 }
+
+#[test]
+fn sentencepiece_vocabularies_merge_by_score_and_fall_back_to_bytes() {
+    let tok = Tokenizer::load(&fixture("tiny-spm.gguf")).unwrap();
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.eos_ids(), vec![2]);
+    assert!(tok.add_bos(), "SentencePiece models start with BOS");
+    let ids = tok.encode("hello world", tok.add_bos()).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.token_text(i)).collect();
+    // `▁hello` (id 271) and `▁world` (id 276): the merges the pieces'
+    // order implies, a space before every word.
+    assert_eq!(ids, vec![1, 271, 276], "{pieces:?}");
+    assert_eq!(tok.decode(&ids[1..]).unwrap(), "hello world");
+    // A character outside the vocabulary is its UTF-8 bytes.
+    let ids = tok.encode("hé", false).unwrap();
+    assert_eq!(ids, vec![267, 3 + 0xC3, 3 + 0xA9]);
+    assert_eq!(tok.decode(&ids).unwrap(), "hé");
+}
