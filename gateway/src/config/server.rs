@@ -173,3 +173,24 @@ impl ModelConfig {
             .unwrap_or_else(|| "model".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_names() {
+        let m = |path: &str, name: &str| ModelConfig {
+            path: path.into(),
+            name: name.into(),
+            ..ModelConfig::default()
+        };
+        assert_eq!(m("", "").served_name(), "small");
+        assert_eq!(m("/models/Llama-3-8B", "").served_name(), "Llama-3-8B");
+        assert_eq!(
+            m("/m/SmolLM2-135M-Instruct.Q4_1.gguf", "").served_name(),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(m("/m/x.gguf", "mine").served_name(), "mine");
+    }
+}
