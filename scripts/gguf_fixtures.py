@@ -14,6 +14,8 @@ the outputs are committed, so `cargo test` needs no Python).
   for them on tiny-llama.gguf (float64, weights dequantized by `gguf`).
 - tiny-spm.gguf: only a SentencePiece-style (`llama`) vocabulary: pieces
   with `▁` for spaces, scores, byte tokens for the fallback.
+- tiny-llama31.gguf (+ .gguf.json): a small Llama with Llama-3.1's
+  `rope_freqs` tensor (RoPE frequencies divided by per-pair factors).
 - tiny-qwen2/ and tiny-qwen3/ (Hugging Face folders: config.json and
   model.safetensors) and tiny-qwen2.gguf, tiny-qwen3.gguf (the same
   weights, matrices in Q8_0), each with a .json of ids and reference
@@ -226,8 +228,16 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
+def permute(w, n_head):
+    """llama.cpp's converter's permute of Q/K rows (for its RoPE layout)."""
+    d = w.shape[0] // n_head
+    return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def tiny_qwen(arch, seed):
-    """A tiny Qwen2 or Qwen3, as an HF folder and as a GGUF file."""
+    """A tiny Qwen2 or Qwen3, as an HF folder and as a GGUF file; or, as
+    `llama31`, a Llama GGUF file with Llama-3.1's `rope_freqs` tensor."""
+    llama31 = arch == "llama31"
     rng = np.random.default_rng(seed)
     hidden, inter, layers, heads, kv_heads, vocab = 64, 128, 2, 4, 2, 256
     head_dim = 32 if arch == "qwen3" else hidden // heads
@@ -253,7 +263,9 @@ def tiny_qwen(arch, seed):
         mat(p + "mlp.gate_proj.weight", inter, hidden, s)
         mat(p + "mlp.up_proj.weight", inter, hidden, s)
         mat(p + "mlp.down_proj.weight", hidden, inter, 1.0 / np.sqrt(inter))
-        if arch == "qwen2":
+        if llama31:
+            pass
+        elif arch == "qwen2":
             vec(p + "self_attn.q_proj.bias", heads * head_dim, 0.0, 0.5)
             vec(p + "self_attn.k_proj.bias", kv_heads * head_dim, 0.0, 0.5)
             vec(p + "self_attn.v_proj.bias", kv_heads * head_dim, 0.0, 0.5)
@@ -265,6 +277,56 @@ def tiny_qwen(arch, seed):
         mat("lm_head.weight", vocab, hidden, 1.0 / np.sqrt(hidden))
 
     folder = os.path.join(OUT, f"tiny-{arch}")
+    if not llama31:
+        write_folder(folder, arch, hf, hidden, inter, layers, heads, kv_heads, head_dim, vocab, tie)
+
+    gpath = os.path.join(OUT, f"tiny-{arch}.gguf")
+    w = gguf.GGUFWriter(gpath, "llama" if llama31 else arch)
+    w.add_block_count(layers)
+    w.add_context_length(512)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    if llama31:
+        # Llama-3.1's frequency factors: 1 for high frequencies, up to 8.
+        w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, head_dim // 2).astype(np.float32))
+    names = {v: k for k, v in {
+        "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight"}.items()}
+    inv = {v: k for k, v in GGUF_NAMES.items()}
+    for name, a in hf.items():
+        if name in names:
+            g = names[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            g = f"blk.{layer}.{inv[module]}.{kind}"
+        if llama31 and name.endswith("q_proj.weight"):
+            a = permute(a, heads)
+        elif llama31 and name.endswith("k_proj.weight"):
+            a = permute(a, kv_heads)
+        if a.ndim == 2:
+            q = gguf.quants.quantize(a.astype(np.float32), T.Q8_0)
+            w.add_tensor(g, q, raw_dtype=T.Q8_0)
+        else:
+            w.add_tensor(g, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    ids = [3, 200, 17, 17, 255, 0, 64, 128, 5, 99, 42]
+    reference(gpath, ids, os.path.join(OUT, f"tiny-{arch}.gguf.json"))
+    if not llama31:
+        reference(folder, ids, os.path.join(OUT, f"tiny-{arch}.json"))
+
+
+def write_folder(folder, arch, hf, hidden, inter, layers, heads, kv_heads, head_dim, vocab, tie):
     os.makedirs(folder, exist_ok=True)
     cls = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[arch]
     cfg = {
@@ -280,43 +342,6 @@ def tiny_qwen(arch, seed):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     write_safetensors(os.path.join(folder, "model.safetensors"), hf)
-
-    gpath = os.path.join(OUT, f"tiny-{arch}.gguf")
-    w = gguf.GGUFWriter(gpath, arch)
-    w.add_block_count(layers)
-    w.add_context_length(512)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(inter)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_freq_base(1000000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    names = {v: k for k, v in {
-        "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight"}.items()}
-    inv = {v: k for k, v in GGUF_NAMES.items()}
-    for name, a in hf.items():
-        if name in names:
-            g = names[name]
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            module, kind = rest.rsplit(".", 1)
-            g = f"blk.{layer}.{inv[module]}.{kind}"
-        if a.ndim == 2:
-            q = gguf.quants.quantize(a.astype(np.float32), T.Q8_0)
-            w.add_tensor(g, q, raw_dtype=T.Q8_0)
-        else:
-            w.add_tensor(g, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-    ids = [3, 200, 17, 17, 255, 0, 64, 128, 5, 99, 42]
-    for path, out in ((folder, f"tiny-{arch}.json"), (gpath, f"tiny-{arch}.gguf.json")):
-        reference(path, ids, os.path.join(OUT, out))
 
 
 def reference(model, ids, out):
@@ -340,6 +365,7 @@ def main():
     tiny_spm(os.path.join(OUT, "tiny-spm.gguf"))
     tiny_qwen("qwen2", 2)
     tiny_qwen("qwen3", 3)
+    tiny_qwen("llama31", 4)
 
 
 if __name__ == "__main__":

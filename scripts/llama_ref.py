@@ -127,6 +127,10 @@ def load_gguf(path):
     }
     w = {}
     for t in r.tensors:
+        if t.name == "rope_freqs.weight":
+            # Llama 3.1: each rotary frequency divided by its factor.
+            cfg["rope_freq_factors"] = np.asarray(t.data, dtype=np.float64).reshape(-1)
+            continue
         # gguf's shape is ggml's (fastest first); dequantize gives PyTorch's.
         x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
         x = x.reshape([int(d) for d in reversed(t.shape)])
@@ -194,6 +198,8 @@ def forward(model_dir, ids):
     n = len(ids)
 
     freq = inv_freq(cfg, head_dim)
+    if "rope_freq_factors" in cfg:
+        freq = freq / cfg["rope_freq_factors"]
     angles = np.outer(np.arange(n, dtype=np.float64), freq)
     emb = np.concatenate([angles, angles], axis=-1)
     cos, sin = np.cos(emb)[None], np.sin(emb)[None]  # [1, n, head_dim]

@@ -200,8 +200,9 @@ impl Model {
             let file = crate::gguf::GgufFile::open(dir)?;
             let cfg = crate::gguf::config(&file)?;
             let weights = crate::gguf::GgufWeights::new(&file, &cfg)?;
+            let rope = crate::gguf::rope_with_factors(&file, &cfg)?;
             let text = format!("gguf:{cfg:?}");
-            return Model::from_checkpoint(cfg, &weights, device, &text);
+            return Model::from_checkpoint(cfg, &weights, device, &text, rope);
         }
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::Checkpoint {
@@ -210,7 +211,7 @@ impl Model {
         })?;
         let cfg = LlamaConfig::from_json(&text)?;
         let ckpt = Checkpoint::open(dir)?;
-        Model::from_checkpoint(cfg, &ckpt, device, &text)
+        Model::from_checkpoint(cfg, &ckpt, device, &text, None)
     }
 
     fn from_checkpoint(
@@ -218,6 +219,8 @@ impl Model {
         ckpt: &dyn TensorSource,
         device: Device,
         config_text: &str,
+        // A rotary table other than the config's (a GGUF file's factors).
+        rope: Option<RopeTable>,
     ) -> Result<Model, EngineError> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q = cfg.num_heads * cfg.head_dim;
@@ -275,7 +278,7 @@ impl Model {
             hasher.update(format!("{name}:{dtype}:{shape:?}\n").as_bytes());
         }
         Ok(Model {
-            rope: cfg.rope.table(cfg.head_dim),
+            rope: rope.unwrap_or_else(|| cfg.rope.table(cfg.head_dim)),
             embed: t("model.embed_tokens.weight", &[v, h])?,
             norm: t("model.norm.weight", &[h])?,
             layers,

@@ -171,6 +171,14 @@ fn tiny_llama_matches_the_reference() {
 }
 
 #[test]
+fn llama_3_1_rope_factors_are_applied() {
+    // `rope_freqs.weight` divides each rotary pair's frequency (factors 1
+    // to 8 here): without them the logits are far off.
+    let model = matches_reference(&fixture("tiny-llama31.gguf"), "tiny-llama31.gguf.json");
+    assert_eq!(model.config().head_dim, 16);
+}
+
+#[test]
 fn tiny_qwen2_matches_the_reference() {
     for (path, json) in [
         ("tiny-qwen2", "tiny-qwen2.json"),

@@ -75,12 +75,6 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, EngineError> {
             ));
         }
     };
-    if file.tensor("rope_freqs.weight").is_some() {
-        return Err(cfg_err(
-            file,
-            "tensor rope_freqs.weight (Llama-3.1 frequency factors) is not supported".into(),
-        ));
-    }
     let embed = file
         .tensor("token_embd.weight")
         .ok_or_else(|| cfg_err(file, "tensor token_embd.weight is missing".into()))?;

@@ -12,4 +12,4 @@ pub use config::{architecture, config};
 pub use file::{GgufFile, Meta, TensorInfo, is_gguf};
 pub use quants::{GgmlType, dequantize};
 pub(crate) use vocab::tokenizer_parts;
-pub(crate) use weights::GgufWeights;
+pub(crate) use weights::{GgufWeights, rope_with_factors};

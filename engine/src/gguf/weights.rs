@@ -88,6 +88,46 @@ impl<'a> GgufWeights<'a> {
     }
 }
 
+/// Llama 3.1's RoPE: llama.cpp's converter writes its frequency scaling as
+/// `rope_freqs.weight`, one factor per rotary pair that divides the pair's
+/// frequency. The table for it, or `None` when the file has no factors.
+pub fn rope_with_factors(
+    file: &GgufFile,
+    cfg: &LlamaConfig,
+) -> Result<Option<cake_kernels::RopeTable>, EngineError> {
+    let Some(t) = file.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    let err = |reason: String| EngineError::Tensor {
+        name: format!("{} ({})", t.name, t.type_name()),
+        reason,
+    };
+    let half = cfg.head_dim / 2;
+    let ty = GgmlType::from_id(t.type_id).ok_or_else(|| err("type is not supported".into()))?;
+    if t.elements() != half {
+        return Err(err(format!(
+            "{} factors, expected {half} (head_dim / 2)",
+            t.elements()
+        )));
+    }
+    let mut factors = Vec::new();
+    dequantize(ty, file.data(t), &mut factors);
+    if let Some(bad) = factors.iter().position(|f| !f.is_finite() || *f <= 0.0) {
+        return Err(err(format!("factor {bad} is not a positive number")));
+    }
+    let base = cfg.rope.table(cfg.head_dim);
+    let inv = base
+        .inv_freq()
+        .iter()
+        .zip(&factors)
+        .map(|(f, k)| f / k)
+        .collect();
+    Ok(Some(cake_kernels::RopeTable::from_inv_freq(
+        cfg.head_dim,
+        inv,
+    )))
+}
+
 /// Undoes llama.cpp's `permute(w, n_head)` of a Q or K projection: within
 /// each head, GGUF row `2i + j` is Hugging Face row `j·d/2 + i`.
 fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
