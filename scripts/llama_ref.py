@@ -10,9 +10,17 @@ Written from the transformers Llama code's formulas, sharing nothing with
 the Rust engine, so the engine's test can compare against it:
 RMSNorm, rotary embeddings in the "rotate half" layout (plain, linear and
 llama3 frequency scaling), grouped-query causal attention, SwiGLU MLP,
-tied or separate output embeddings.
+tied or separate output embeddings; and the Qwen2 (bias on the q/k/v
+projections, when the checkpoint has them) and Qwen3 (RMSNorm of each q and
+k head before the rotation, `self_attn.q_norm` / `k_norm`) variants.
 
-Usage: llama_ref.py MODEL_DIR 1,2,3          (ids as a comma list)
+A GGUF file (llama.cpp's format) is read with the `gguf` package (NumPy
+code, no torch): its metadata gives the config, `gguf.quants.dequantize`
+the weights, renamed to Hugging Face's names, with the Q and K rows that
+llama.cpp's converter permutes put back in Hugging Face's order (as
+transformers' GGUF loader does).
+
+Usage: llama_ref.py MODEL_DIR|FILE.gguf 1,2,3          (ids as a comma list)
 """
 
 import json
@@ -64,6 +72,80 @@ def load_weights(model_dir):
     return weights
 
 
+GGUF_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_name(name):
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    if name in top:
+        return top[name]
+    blk, layer, module, kind = name.split(".")
+    assert blk == "blk", name
+    return f"model.layers.{layer}.{GGUF_NAMES[module]}.{kind}"
+
+
+def reverse_permute(w, n_head):
+    """Inverse of llama.cpp's permute: rows (head, d/2, 2) -> (head, 2, d/2)."""
+    d = w.shape[0] // n_head
+    return w.reshape(n_head, d // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path):
+    import gguf
+
+    r = gguf.GGUFReader(path)
+
+    def meta(key, default=None):
+        f = r.fields.get(key)
+        return f.contents() if f is not None else default
+
+    arch = meta("general.architecture")
+    if arch not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise SystemExit(f"{path}: architecture {arch} is not supported here")
+    heads = meta(f"{arch}.attention.head_count")
+    cfg = {
+        "hidden_size": meta(f"{arch}.embedding_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": meta(f"{arch}.attention.head_count_kv", heads),
+        "num_hidden_layers": meta(f"{arch}.block_count"),
+        "rms_norm_eps": meta(f"{arch}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": meta(f"{arch}.rope.freq_base", 10000.0),
+        "head_dim": meta(f"{arch}.attention.key_length"),
+    }
+    w = {}
+    for t in r.tensors:
+        if t.name == "rope_freqs.weight":
+            # Llama 3.1: each rotary frequency divided by its factor.
+            cfg["rope_freq_factors"] = np.asarray(t.data, dtype=np.float64).reshape(-1)
+            continue
+        # gguf's shape is ggml's (fastest first); dequantize gives PyTorch's.
+        x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        x = x.reshape([int(d) for d in reversed(t.shape)])
+        name = hf_name(t.name)
+        if arch not in ("llama", "mistral"):
+            pass  # Qwen GGUF files keep Hugging Face's row order.
+        elif name.endswith("q_proj.weight"):
+            x = reverse_permute(x, cfg["num_attention_heads"])
+        elif name.endswith("k_proj.weight"):
+            x = reverse_permute(x, cfg["num_key_value_heads"])
+        w[name] = x
+    cfg["tie_word_embeddings"] = "lm_head.weight" not in w
+    return cfg, w
+
+
 def inv_freq(cfg, head_dim):
     """Rotary inverse frequencies, with transformers' scaling rules."""
     params = cfg.get("rope_parameters") or {}
@@ -102,9 +184,12 @@ def rotate_half(x):
 
 
 def forward(model_dir, ids):
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
-    w = load_weights(model_dir)
+    if model_dir.endswith(".gguf"):
+        cfg, w = load_gguf(model_dir)
+    else:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+        w = load_weights(model_dir)
     hidden = cfg["hidden_size"]
     n_heads = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_heads)
@@ -113,6 +198,8 @@ def forward(model_dir, ids):
     n = len(ids)
 
     freq = inv_freq(cfg, head_dim)
+    if "rope_freq_factors" in cfg:
+        freq = freq / cfg["rope_freq_factors"]
     angles = np.outer(np.arange(n, dtype=np.float64), freq)
     emb = np.concatenate([angles, angles], axis=-1)
     cos, sin = np.cos(emb)[None], np.sin(emb)[None]  # [1, n, head_dim]
@@ -123,9 +210,18 @@ def forward(model_dir, ids):
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, n_heads, head_dim).transpose(1, 0, 2)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, n_kv, head_dim).transpose(1, 0, 2)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, n_kv, head_dim).transpose(1, 0, 2)
+        def proj(name, heads):
+            y = h @ w[p + f"self_attn.{name}_proj.weight"].T
+            if p + f"self_attn.{name}_proj.bias" in w:
+                y = y + w[p + f"self_attn.{name}_proj.bias"]
+            y = y.reshape(n, heads, head_dim)
+            if p + f"self_attn.{name}_norm.weight" in w:
+                y = rms_norm(y, w[p + f"self_attn.{name}_norm.weight"], eps)
+            return y.transpose(1, 0, 2)
+
+        q = proj("q", n_heads)
+        k = proj("k", n_kv)
+        v = proj("v", n_kv)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k = np.repeat(k, group, axis=0)

@@ -1,4 +1,6 @@
-//! The model's `config.json`, as Hugging Face writes it for Llama models.
+//! The model's `config.json`, as Hugging Face writes it for Llama models
+//! and the Qwen2/Qwen3 variants (`qwen2`: bias on the q/k/v projections;
+//! `qwen3`: RMSNorm of q and k per head).
 //!
 //! Both spellings seen in real checkpoints are read: transformers 4
 //! (`rope_theta`, `rope_scaling`) and transformers 5 (`rope_parameters`
@@ -53,7 +55,20 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
     /// `torch_dtype` (or `dtype`) as written, e.g. `bfloat16`.
     pub dtype: Option<String>,
+    /// Bias on the q, k and v projections (Qwen2; `attention_bias`).
+    pub attention_bias: bool,
+    /// RMSNorm of each head of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
 }
+
+/// `model_type`s read, with the architecture class names that go with
+/// them.
+const MODEL_TYPES: &[(&str, &str)] = &[
+    ("llama", "Llama"),
+    ("mistral", "Mistral"),
+    ("qwen2", "Qwen2"),
+    ("qwen3", "Qwen3"),
+];
 
 #[derive(Deserialize)]
 struct Raw {
@@ -77,6 +92,7 @@ struct Raw {
     torch_dtype: Option<String>,
     dtype: Option<String>,
     hidden_act: Option<String>,
+    attention_bias: Option<bool>,
 }
 
 fn need(v: Option<usize>, field: &str) -> Result<usize, EngineError> {
@@ -169,22 +185,31 @@ impl LlamaConfig {
         let raw: Raw = serde_json::from_str(text)
             .map_err(|e| EngineError::Config(format!("config.json is not valid: {e}")))?;
         if let Some(t) = &raw.model_type
-            && t != "llama"
-            && t != "mistral"
+            && !MODEL_TYPES.iter().any(|(m, _)| m == t)
         {
             return Err(EngineError::Config(format!(
-                "model_type `{t}` is not a Llama-architecture model"
+                "model_type `{t}` is not supported (llama, mistral, qwen2, qwen3 are)"
             )));
         }
         if let Some(a) = &raw.architectures
-            && !a
-                .iter()
-                .any(|a| a.contains("Llama") || a.contains("Mistral"))
+            && !a.iter().any(|a| {
+                MODEL_TYPES
+                    .iter()
+                    .any(|(_, c)| a.strip_prefix(c).is_some_and(|r| r.starts_with("For")))
+            })
         {
             return Err(EngineError::Config(format!(
-                "architectures {a:?} name no Llama-architecture model"
+                "architectures {a:?} name no supported model (Llama, Mistral, Qwen2, Qwen3)"
             )));
         }
+        let model_type = raw.model_type.as_deref().unwrap_or_else(|| {
+            let a = raw.architectures.as_ref().and_then(|a| a.first());
+            match a.map(String::as_str) {
+                Some(a) if a.starts_with("Qwen2") => "qwen2",
+                Some(a) if a.starts_with("Qwen3") => "qwen3",
+                _ => "llama",
+            }
+        });
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
@@ -228,6 +253,9 @@ impl LlamaConfig {
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&raw.eos_token_id),
             dtype: raw.torch_dtype.or(raw.dtype),
+            // Qwen2's projections always have a bias; others say so.
+            attention_bias: model_type == "qwen2" || raw.attention_bias.unwrap_or(false),
+            qk_norm: model_type == "qwen3",
         })
     }
 
@@ -292,6 +320,26 @@ mod tests {
         assert!(e.to_string().contains("config.json"), "{e}");
         let e = cfg(r#","model_type":"gpt2""#);
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn qwen_variants() {
+        let base = BASE.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
+        let q2 = LlamaConfig::from_json(&format!("{}}}", base.replace("\"llama\"", "\"qwen2\"")))
+            .unwrap();
+        assert!(q2.attention_bias && !q2.qk_norm);
+        let base = BASE.replace("LlamaForCausalLM", "Qwen3ForCausalLM");
+        let q3 = LlamaConfig::from_json(&format!(
+            "{},\"head_dim\":32}}",
+            base.replace("\"llama\"", "\"qwen3\"")
+        ))
+        .unwrap();
+        assert!(!q3.attention_bias && q3.qk_norm);
+        assert_eq!(q3.head_dim, 32);
+        let llama = cfg("").unwrap();
+        assert!(!llama.attention_bias && !llama.qk_norm);
+        let moe = BASE.replace("LlamaForCausalLM", "Qwen2MoeForCausalLM");
+        assert!(LlamaConfig::from_json(&format!("{moe}}}")).is_err());
     }
 
     #[test]

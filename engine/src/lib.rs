@@ -9,6 +9,7 @@ mod cache;
 mod config;
 mod error;
 mod generate;
+pub mod gguf;
 pub mod init;
 pub mod kv;
 mod model;

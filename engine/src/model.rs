@@ -1,5 +1,6 @@
 //! A Llama-architecture decoder (RMSNorm, RoPE, grouped-query attention,
-//! SwiGLU) over a KV cache held as chunks.
+//! SwiGLU) over a KV cache held as chunks, with the Qwen2 (bias on q/k/v)
+//! and Qwen3 (RMSNorm of q and k per head) variants.
 
 use std::path::Path;
 
@@ -8,13 +9,17 @@ use cake_kernels::{Device, RopeTable, Tensor, ops};
 use crate::EngineError;
 use crate::cache::{DeviceChunk, KvCache, KvLayout};
 use crate::config::LlamaConfig;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, TensorSource};
 
 struct Layer {
     input_norm: Tensor,
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
+    /// q, k, v biases as `[1, out]` rows (Qwen2).
+    bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of q and k, `[head_dim]` (Qwen3).
+    qk_norm: Option<[Tensor; 2]>,
     wo: Tensor,
     post_norm: Tensor,
     w_gate: Tensor,
@@ -189,8 +194,16 @@ pub struct PrefillOutput {
 
 impl Model {
     /// Loads a Hugging Face checkpoint folder (`config.json` and
-    /// `model.safetensors` or its shards).
+    /// `model.safetensors` or its shards), or a GGUF file.
     pub fn load(dir: &Path, device: Device) -> Result<Model, EngineError> {
+        if crate::gguf::is_gguf(dir) {
+            let file = crate::gguf::GgufFile::open(dir)?;
+            let cfg = crate::gguf::config(&file)?;
+            let weights = crate::gguf::GgufWeights::new(&file, &cfg)?;
+            let rope = crate::gguf::rope_with_factors(&file, &cfg)?;
+            let text = format!("gguf:{cfg:?}");
+            return Model::from_checkpoint(cfg, &weights, device, &text, rope);
+        }
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::Checkpoint {
             path: cfg_path.display().to_string(),
@@ -198,14 +211,16 @@ impl Model {
         })?;
         let cfg = LlamaConfig::from_json(&text)?;
         let ckpt = Checkpoint::open(dir)?;
-        Model::from_checkpoint(cfg, &ckpt, device, &text)
+        Model::from_checkpoint(cfg, &ckpt, device, &text, None)
     }
 
     fn from_checkpoint(
         cfg: LlamaConfig,
-        ckpt: &Checkpoint,
+        ckpt: &dyn TensorSource,
         device: Device,
         config_text: &str,
+        // A rotary table other than the config's (a GGUF file's factors).
+        rope: Option<RopeTable>,
     ) -> Result<Model, EngineError> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q = cfg.num_heads * cfg.head_dim;
@@ -221,8 +236,26 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
+            let bias = if cfg.attention_bias {
+                let b = |name: &str, n: usize| t(&format!("{p}.self_attn.{name}.bias"), &[n]);
+                Some([
+                    b("q_proj", q)?.reshape(&[1, q])?,
+                    b("k_proj", kv)?.reshape(&[1, kv])?,
+                    b("v_proj", kv)?.reshape(&[1, kv])?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if cfg.qk_norm {
+                let n = |name: &str| t(&format!("{p}.self_attn.{name}.weight"), &[cfg.head_dim]);
+                Some([n("q_norm")?, n("k_norm")?])
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_norm: t(&format!("{p}.input_layernorm.weight"), &[h])?,
+                bias,
+                qk_norm,
                 wq: w(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
                 wk: w(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
                 wv: w(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
@@ -245,7 +278,7 @@ impl Model {
             hasher.update(format!("{name}:{dtype}:{shape:?}\n").as_bytes());
         }
         Ok(Model {
-            rope: cfg.rope.table(cfg.head_dim),
+            rope: rope.unwrap_or_else(|| cfg.rope.table(cfg.head_dim)),
             embed: t("model.embed_tokens.weight", &[v, h])?,
             norm: t("model.norm.weight", &[h])?,
             layers,
@@ -376,12 +409,20 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = ops::rms_norm(&x, &layer.input_norm, c.rms_norm_eps)?;
             tm.lap(Part::Other);
-            let [q, k, v]: [Tensor; 3] =
+            let [mut q, mut k, mut v]: [Tensor; 3] =
                 ops::matmul_t_many(&hn, &[&layer.wq, &layer.wk, &layer.wv])?
                     .try_into()
                     .map_err(|_| {
                         EngineError::KvLayout("matmul_t_many returned too few outputs".into())
                     })?;
+            if let Some([bq, bk, bv]) = &layer.bias {
+                // Each bias row repeated for every token (an embedding
+                // lookup of row 0 does that on any device), then added.
+                let rows = vec![0u32; total];
+                ops::add_inplace(&mut q, &ops::embedding(bq, &rows)?)?;
+                ops::add_inplace(&mut k, &ops::embedding(bk, &rows)?)?;
+                ops::add_inplace(&mut v, &ops::embedding(bv, &rows)?)?;
+            }
             let (qs, ks, vs) = (
                 split_rows(q, &lens)?,
                 split_rows(k, &lens)?,
@@ -397,6 +438,10 @@ impl Model {
                 let mut q = q.reshape(&[n, nh, hd])?;
                 let mut k = k.reshape(&[n, nkv, hd])?;
                 let v = v.reshape(&[n, nkv, hd])?;
+                if let Some([nq, nk]) = &layer.qk_norm {
+                    q = ops::rms_norm(&q, nq, c.rms_norm_eps)?;
+                    k = ops::rms_norm(&k, nk, c.rms_norm_eps)?;
+                }
                 ops::rope_inplace(&mut q, pos0, &self.rope)?;
                 ops::rope_inplace(&mut k, pos0, &self.rope)?;
                 tm.lap(Part::Other);

@@ -2,8 +2,13 @@
 //!
 //! Loads any Hugging Face `tokenizer.json` (real Llama-2 and Llama-3 files,
 //! and the byte-level BPE that `cake model init` writes), and reads the
-//! special tokens and chat template from the `tokenizer_config.json` and
-//! `generation_config.json` beside it when they are there.
+//! special tokens and chat template as transformers does: the template from
+//! `chat_template.jinja` (transformers >= 4.43 writes it there) or else
+//! `tokenizer_config.json`'s `chat_template` (a string, or a list of named
+//! templates of which `default` is used); BOS/EOS and `add_bos_token` from
+//! `tokenizer_config.json`; every EOS id of `generation_config.json` (one or
+//! a list) ends a sequence. A GGUF file's tokenizer is built by
+//! [`crate::gguf`] and assembled here the same way.
 //!
 //! Decoding keeps special tokens' text, so that `decode(encode(s)) == s` for
 //! every string with a byte-level tokenizer; callers that hide special
@@ -33,7 +38,26 @@ struct Inner {
     vocab_size: usize,
     bos: Option<u32>,
     eos: Vec<u32>,
+    /// The BOS and (first) EOS tokens' text, as chat templates see them.
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    add_bos: bool,
     chat_template: Option<String>,
+}
+
+/// What a tokenizer is assembled from, whichever file it came from.
+pub(crate) struct Parts {
+    pub tok: tokenizers::Tokenizer,
+    /// The BOS token's text, when the source names one.
+    pub bos_token: Option<String>,
+    /// The EOS token's text, when the source names one.
+    pub eos_token: Option<String>,
+    /// Further ids that end a sequence (`generation_config.json`).
+    pub eos_ids: Vec<u32>,
+    /// Whether a plain prompt starts with BOS; `None`: as the tokenizer's
+    /// post-processor does.
+    pub add_bos: Option<bool>,
+    pub chat_template: Option<String>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
@@ -54,11 +78,23 @@ impl Tokenizer {
         let dir = file.parent().unwrap_or(Path::new("."));
         let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
         let gen_config = read_json(&dir.join("generation_config.json"))?;
-        Ok(Tokenizer::assemble(
-            tok,
-            tok_config.as_ref(),
-            gen_config.as_ref(),
-        ))
+        let jinja = read_text(&dir.join("chat_template.jinja"))?;
+        let mut parts = Tokenizer::parts(tok, tok_config.as_ref(), gen_config.as_ref());
+        if jinja.is_some() {
+            parts.chat_template = jinja;
+        }
+        Ok(Tokenizer::assemble(parts))
+    }
+
+    /// The tokenizer of a model: `path` is a checkpoint folder (or its
+    /// `tokenizer.json`), or a GGUF file, whose metadata holds it.
+    pub fn load(path: &Path) -> Result<Tokenizer, EngineError> {
+        if crate::gguf::is_gguf(path) {
+            let file = crate::gguf::GgufFile::open(path)?;
+            Ok(Tokenizer::assemble(crate::gguf::tokenizer_parts(&file)?))
+        } else {
+            Tokenizer::from_file(path)
+        }
     }
 
     /// A tokenizer from the text of a `tokenizer.json` and, optionally, of
@@ -72,40 +108,70 @@ impl Tokenizer {
             .map(serde_json::from_str::<Value>)
             .transpose()
             .map_err(|e| tok_err(format!("tokenizer_config.json: {e}")))?;
-        Ok(Tokenizer::assemble(tok, config.as_ref(), None))
+        Ok(Tokenizer::assemble(Tokenizer::parts(
+            tok,
+            config.as_ref(),
+            None,
+        )))
     }
 
-    fn assemble(
+    /// The parts a Hugging Face folder's JSON files give.
+    fn parts(
         tok: tokenizers::Tokenizer,
         config: Option<&Value>,
         generation: Option<&Value>,
-    ) -> Tokenizer {
-        let vocab_size = tok.get_vocab_size(true);
-        let named = |v: Option<&Value>| v.and_then(token_name).and_then(|n| tok.token_to_id(&n));
-        let bos = named(config.and_then(|c| c.get("bos_token")))
-            .or_else(|| BOS_NAMES.iter().find_map(|n| tok.token_to_id(n)));
-        let mut eos: Vec<u32> = named(config.and_then(|c| c.get("eos_token")))
-            .into_iter()
-            .collect();
-        if let Some(ids) = generation.and_then(|g| g.get("eos_token_id")) {
-            eos.extend(ids_of(ids));
+    ) -> Parts {
+        let get = |k: &str| config.and_then(|c| c.get(k));
+        Parts {
+            bos_token: get("bos_token").and_then(token_name),
+            eos_token: get("eos_token").and_then(token_name),
+            eos_ids: generation
+                .and_then(|g| g.get("eos_token_id"))
+                .map(ids_of)
+                .unwrap_or_default(),
+            add_bos: get("add_bos_token").and_then(Value::as_bool),
+            chat_template: get("chat_template").and_then(template_of),
+            tok,
         }
+    }
+
+    pub(crate) fn assemble(p: Parts) -> Tokenizer {
+        let tok = p.tok;
+        let vocab_size = tok.get_vocab_size(true);
+        let id = |n: &Option<String>| n.as_deref().and_then(|n| tok.token_to_id(n));
+        let bos = id(&p.bos_token).or_else(|| BOS_NAMES.iter().find_map(|n| tok.token_to_id(n)));
+        let mut eos: Vec<u32> = id(&p.eos_token).into_iter().collect();
+        eos.extend(p.eos_ids);
         if eos.is_empty() {
             eos.extend(EOS_NAMES.iter().filter_map(|n| tok.token_to_id(n)));
         }
         eos.retain(|&id| (id as usize) < vocab_size);
         eos.sort_unstable();
         eos.dedup();
-        let chat_template = config
-            .and_then(|c| c.get("chat_template"))
-            .and_then(template_of);
+        // transformers' `tokenizer(text)` adds BOS when `add_bos_token`
+        // says so, else when the post-processor puts it there.
+        let add_bos = p.add_bos.unwrap_or_else(|| {
+            bos.is_some_and(|b| {
+                tok.encode("a", true)
+                    .is_ok_and(|e| e.get_ids().first() == Some(&b))
+            })
+        });
+        let text = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
+        let bos_token = p.bos_token.filter(|_| bos.is_some()).or_else(|| text(bos));
+        let eos_token = p
+            .eos_token
+            .filter(|n| tok.token_to_id(n).is_some())
+            .or_else(|| text(eos.first().copied()));
         Tokenizer {
             inner: Arc::new(Inner {
                 tok,
                 vocab_size,
                 bos,
                 eos,
-                chat_template,
+                bos_token,
+                eos_token,
+                add_bos,
+                chat_template: p.chat_template,
             }),
         }
     }
@@ -147,6 +213,24 @@ impl Tokenizer {
         self.inner.bos
     }
 
+    /// Whether a plain prompt (a completion's) starts with BOS, as
+    /// transformers' `tokenizer(text)` does it. Chat prompts never get one
+    /// added: the template writes it (as `apply_chat_template` does).
+    pub fn add_bos(&self) -> bool {
+        self.inner.add_bos
+    }
+
+    /// The BOS token's text (`bos_token` in chat templates).
+    pub fn bos_token(&self) -> Option<&str> {
+        self.inner.bos_token.as_deref()
+    }
+
+    /// The EOS token's text (`eos_token` in chat templates): the one the
+    /// tokenizer config names, else the lowest EOS id's.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.inner.eos_token.as_deref()
+    }
+
     /// Every id that ends a sequence (e.g. `<|end_of_text|>` and `<|eot_id|>`).
     pub fn eos_ids(&self) -> Vec<u32> {
         self.inner.eos.clone()
@@ -172,7 +256,8 @@ impl Tokenizer {
         }
     }
 
-    /// The Jinja chat template from `tokenizer_config.json`, if any.
+    /// The model's Jinja chat template (`chat_template.jinja`,
+    /// `tokenizer_config.json` or GGUF metadata), if any.
     pub fn chat_template(&self) -> Option<String> {
         self.inner.chat_template.clone()
     }
@@ -256,6 +341,14 @@ fn read_json(path: &Path) -> Result<Option<Value>, EngineError> {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| tok_err(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(tok_err(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(tok_err(format!("{}: {e}", path.display()))),
     }

@@ -1,5 +1,6 @@
 //! Reading a checkpoint's tensors from `model.safetensors`, or from shards
-//! listed in `model.safetensors.index.json`, converting to f32.
+//! listed in `model.safetensors.index.json`, converting to f32; and the one
+//! trait the model loads tensors through, whatever file holds them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,17 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::EngineError;
+
+/// Where a model's tensors come from, by their Hugging Face names and
+/// shapes (a GGUF file maps its own names onto those).
+pub(crate) trait TensorSource {
+    fn contains(&self, name: &str) -> bool;
+    /// Metadata of every tensor (name, dtype, shape), sorted by name: the
+    /// input of the model fingerprint.
+    fn metadata(&self) -> Vec<(String, String, Vec<usize>)>;
+    /// Tensor `name` as f32, checked against `shape`.
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError>;
+}
 
 /// The raw bytes of every shard, and which shard holds which tensor.
 pub(crate) struct Checkpoint {
@@ -59,14 +71,14 @@ impl Checkpoint {
         }
         Ok(Checkpoint { shards, index })
     }
+}
 
-    pub(crate) fn contains(&self, name: &str) -> bool {
+impl TensorSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
 
-    /// Metadata of every tensor (name, dtype, shape), sorted by name: the
-    /// input of the model fingerprint.
-    pub(crate) fn metadata(&self) -> Vec<(String, String, Vec<usize>)> {
+    fn metadata(&self) -> Vec<(String, String, Vec<usize>)> {
         let mut out = Vec::new();
         for (_, bytes) in &self.shards {
             if let Ok(st) = SafeTensors::deserialize(bytes) {
@@ -79,8 +91,7 @@ impl Checkpoint {
         out
     }
 
-    /// Tensor `name` as f32, checked against `shape`.
-    pub(crate) fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EngineError> {
         let tensor_err = |reason: String| EngineError::Tensor {
             name: name.to_string(),
             reason,

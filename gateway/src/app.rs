@@ -39,11 +39,26 @@ fn model_err(dir: &Path, reason: impl ToString) -> StartError {
     }
 }
 
-/// What the gateway needs to know of the model in `dir`: its tokenizer,
-/// context length and vocabulary size (from `config.json`, unless
-/// `[model] max_context` says otherwise).
+/// What the gateway needs to know of the model in `dir` (a checkpoint
+/// folder or a GGUF file): its tokenizer, context length and vocabulary
+/// size (from `config.json` or the GGUF metadata, unless `[model]
+/// max_context` says otherwise).
 pub fn model_info(cfg: &Config, dir: &Path) -> Result<ModelInfo, StartError> {
-    let tokenizer = Tokenizer::from_file(dir).map_err(|e| model_err(dir, e))?;
+    let tokenizer = Tokenizer::load(dir).map_err(|e| model_err(dir, e))?;
+    if cake_engine::gguf::is_gguf(dir) {
+        let file = cake_engine::gguf::GgufFile::open(dir).map_err(|e| model_err(dir, e))?;
+        let mc = cake_engine::gguf::config(&file).map_err(|e| model_err(dir, e))?;
+        let max_context = match cfg.model.max_context {
+            0 => mc.max_position_embeddings,
+            n => n,
+        };
+        return Ok(ModelInfo::new(
+            &cfg.model.served_name(),
+            tokenizer,
+            max_context,
+            mc.vocab_size,
+        ));
+    }
     let text = std::fs::read_to_string(dir.join("config.json"))
         .map_err(|e| model_err(dir, format!("config.json: {e}")))?;
     let v: serde_json::Value =
@@ -96,7 +111,7 @@ pub fn start_engines(
         .map_err(|e| model_err(dir, format!("engine.device = {:?}: {e}", cfg.engine.device)))?;
     tracing::info!(model = %dir.display(), "loading the model");
     let model = Arc::new(Model::load(dir, device)?);
-    let tokenizer = Arc::new(Tokenizer::from_file(dir)?);
+    let tokenizer = Arc::new(Tokenizer::load(dir)?);
     let store = cake_engine::kv::build_store(&cfg.kv, &cfg.data_dir())?;
     names
         .iter()

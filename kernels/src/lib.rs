@@ -21,12 +21,14 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
+mod mapped;
 pub mod ops;
 mod rate;
 mod rope;
 mod tensor;
 
 pub use error::KernelError;
+pub use mapped::MappedFile;
 pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};
 pub use tensor::{Device, Mark, Tensor};

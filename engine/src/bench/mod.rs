@@ -1,6 +1,7 @@
 //! Benchmark programs behind `cake bench`: each returns a serialisable
 //! report; the `cake` binary prints it and writes `--json`.
 mod common;
+pub mod decode;
 pub mod mixed;
 pub mod prefill;
 pub mod store;

@@ -8,4 +8,4 @@ mod request;
 
 pub use chat::ChatTemplate;
 pub use render::{Renderer, usage_json};
-pub use request::{Api, GenParams, PromptInput, parse_request};
+pub use request::{Api, ChatMessage, GenParams, PromptInput, parse_request};

@@ -7,6 +7,9 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Prefill throughput, per-chunk compute cost, dense GFLOP/s vs GEMM.
     Prefill(super::bench_prefill::PrefillArgs),
+    /// Decode tokens/s against the memory-bandwidth bound, both measured
+    /// in the same run.
+    Decode(super::bench_decode::DecodeArgs),
     /// Load bandwidth through a KV store vs a raw read of the same bytes.
     Store(super::bench_store::StoreArgs),
     /// TTFT of a cached prompt under compute, load, cake, auto and the
@@ -22,6 +25,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Prefill(args) => super::bench_prefill::run(args),
+        BenchCommand::Decode(args) => super::bench_decode::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Ttft(args) => super::bench_ttft::run(args),
         BenchCommand::Mixed(args) => super::bench_mixed::run(args),

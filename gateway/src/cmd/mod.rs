@@ -1,5 +1,6 @@
 //! One module per `cake` subcommand.
 pub mod bench;
+mod bench_decode;
 mod bench_mixed;
 mod bench_prefill;
 mod bench_store;

@@ -63,7 +63,7 @@ pub struct BenchModel {
     /// Synthetic model preset (created once under --data-dir).
     #[arg(long, default_value = "small")]
     pub preset: String,
-    /// Run this checkpoint folder instead of a preset.
+    /// Run this checkpoint (a folder, or a GGUF file) instead of a preset.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Use only this many of the preset's layers (same shapes).
@@ -98,7 +98,7 @@ pub fn load_bench_model_on(
             t0.elapsed().as_secs_f64()
         );
     }
-    let t = Tokenizer::from_file(&dir.join("tokenizer.json"))
+    let t = Tokenizer::load(&dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     Ok((Arc::new(m), Arc::new(t)))
 }

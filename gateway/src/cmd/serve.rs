@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// `server.data_dir`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Checkpoint folder to serve (overrides `model.path`).
+    /// Checkpoint folder or GGUF file to serve (overrides `model.path`).
     #[arg(long)]
     model: Option<PathBuf>,
 }
@@ -41,7 +41,7 @@ pub struct WorkerArgs {
     /// Data folder (overrides `server.data_dir`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Checkpoint folder to serve (overrides `model.path`).
+    /// Checkpoint folder or GGUF file to serve (overrides `model.path`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Worker name in usage, metrics and logs (overrides `engine.name`),

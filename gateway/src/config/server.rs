@@ -112,8 +112,8 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Checkpoint folder (`config.json`, safetensors, `tokenizer.json`).
-    /// Empty: the synthetic `preset`, created under the data folder on
+    /// Checkpoint folder (`config.json`, safetensors, `tokenizer.json`)
+    /// or a GGUF file (llama.cpp's format). Empty: the synthetic `preset`, created under the data folder on
     /// first start.
     pub path: PathBuf,
     /// Synthetic model used when `path` is empty (`tiny`, `small`, ...).
@@ -163,9 +163,34 @@ impl ModelConfig {
         if self.path.as_os_str().is_empty() {
             return self.preset.clone();
         }
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+        // A GGUF file is served as its name without `.gguf`.
+        let name = if self.path.extension().is_some_and(|e| e == "gguf") {
+            self.path.file_stem()
+        } else {
+            self.path.file_name()
+        };
+        name.map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_names() {
+        let m = |path: &str, name: &str| ModelConfig {
+            path: path.into(),
+            name: name.into(),
+            ..ModelConfig::default()
+        };
+        assert_eq!(m("", "").served_name(), "small");
+        assert_eq!(m("/models/Llama-3-8B", "").served_name(), "Llama-3-8B");
+        assert_eq!(
+            m("/m/SmolLM2-135M-Instruct.Q4_1.gguf", "").served_name(),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(m("/m/x.gguf", "mine").served_name(), "mine");
     }
 }

@@ -12,7 +12,7 @@ use cake_engine::worker::RequestClass;
 use crate::admission::{
     Admission, PrefixChunks, Reservation, SlotGuard, TenantEntry, TenantPermit,
 };
-use crate::api::{ChatTemplate, GenParams};
+use crate::api::{ChatMessage, ChatTemplate, GenParams};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::worker::{WorkerPool, WorkerSlot};
@@ -41,10 +41,11 @@ impl ModelInfo {
         max_context: usize,
         vocab_size: usize,
     ) -> ModelInfo {
-        let text = |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
-        let bos = text(tokenizer.bos_id());
-        let eos = text(tokenizer.eos_ids().first().copied());
-        let chat = ChatTemplate::new(tokenizer.chat_template().as_deref(), &bos, &eos);
+        let chat = ChatTemplate::new(
+            tokenizer.chat_template().as_deref(),
+            tokenizer.bos_token().unwrap_or_default(),
+            tokenizer.eos_token().unwrap_or_default(),
+        );
         ModelInfo {
             name: name.to_string(),
             tokenizer,
@@ -52,6 +53,32 @@ impl ModelInfo {
             vocab_size,
             chat,
         }
+    }
+}
+
+impl ModelInfo {
+    /// The ids of a plain (completion) prompt, as transformers'
+    /// `tokenizer(text)` gives them: BOS first when the tokenizer adds one.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, GatewayError> {
+        self.tokenizer
+            .encode(text, self.tokenizer.add_bos())
+            .map_err(|e| GatewayError::field("prompt", format!("cannot be tokenized: {e}")))
+    }
+
+    /// The ids of a chat prompt, as `apply_chat_template(messages,
+    /// add_generation_prompt)` gives them: a model's template writes BOS
+    /// itself and its text is encoded without adding one (the plain
+    /// default template gets BOS as a plain prompt would).
+    pub fn chat_ids(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, GatewayError> {
+        let text = self.chat.render(messages, add_generation_prompt)?;
+        let add_bos = !self.chat.is_model_template() && self.tokenizer.add_bos();
+        self.tokenizer
+            .encode(&text, add_bos)
+            .map_err(|e| GatewayError::field("messages", format!("cannot be tokenized: {e}")))
     }
 }
 
@@ -148,4 +175,52 @@ pub struct GenCtx {
     pub candidates: Vec<Arc<WorkerSlot>>,
     /// Set by `admit` and `place`; dropped with the request.
     pub held: Held,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A tokenizer folder as transformers 5 saves it (the template in
+    /// `chat_template.jinja`), with the ids transformers gives
+    /// (`scripts/chat_fixtures.py`).
+    fn fixture() -> (ModelInfo, serde_json::Value) {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/chat");
+        let tok = Tokenizer::from_file(&dir).unwrap();
+        let want = std::fs::read_to_string(dir.join("expected.json")).unwrap();
+        (
+            ModelInfo::new("m", tok, 8192, 266),
+            serde_json::from_str(&want).unwrap(),
+        )
+    }
+
+    #[test]
+    fn chat_prompts_are_token_for_token_transformers() {
+        let (info, want) = fixture();
+        assert!(info.chat.is_model_template());
+        for case in want["chats"].as_array().unwrap() {
+            let msgs: Vec<ChatMessage> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect();
+            let text = info.chat.render(&msgs, true).unwrap();
+            assert_eq!(text, case["text"].as_str().unwrap());
+            let ids = info.chat_ids(&msgs, true).unwrap();
+            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(ids, expected, "{text:?}");
+        }
+        let plain = &want["plain"];
+        let ids = info.prompt_ids(plain["text"].as_str().unwrap()).unwrap();
+        let expected: Vec<u32> = serde_json::from_value(plain["ids"].clone()).unwrap();
+        assert_eq!(ids, expected, "no BOS: the config does not ask for one");
+        // generation_config.json's EOS list and the config's eos_token.
+        assert_eq!(info.tokenizer.eos_ids(), vec![0, 2]);
+    }
 }

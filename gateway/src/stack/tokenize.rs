@@ -44,15 +44,9 @@ pub struct Tokenize<S> {
 /// The prompt's ids and, for `echo`, its text.
 fn tokenize(state: &AppState, ctx: &GenCtx) -> Result<(Vec<u32>, Option<String>), GatewayError> {
     let model = &state.model;
-    let encode = |text: &str| {
-        model
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| GatewayError::field("prompt", format!("cannot be tokenized: {e}")))
-    };
     let echo = ctx.params.echo;
     match &ctx.params.input {
-        PromptInput::Text(t) => Ok((encode(t)?, echo.then(|| t.clone()))),
+        PromptInput::Text(t) => Ok((model.prompt_ids(t)?, echo.then(|| t.clone()))),
         PromptInput::Tokens(ids) => {
             if let Some(bad) = ids.iter().find(|&&id| id as usize >= model.vocab_size) {
                 return Err(GatewayError::field(
@@ -72,10 +66,10 @@ fn tokenize(state: &AppState, ctx: &GenCtx) -> Result<(Vec<u32>, Option<String>)
             };
             Ok((ids.clone(), text))
         }
-        PromptInput::Messages(msgs) => {
-            let text = model.chat.render(msgs, ctx.params.add_generation_prompt)?;
-            Ok((encode(&text)?, None))
-        }
+        PromptInput::Messages(msgs) => Ok((
+            model.chat_ids(msgs, ctx.params.add_generation_prompt)?,
+            None,
+        )),
     }
 }
 
