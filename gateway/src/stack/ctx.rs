@@ -12,6 +12,7 @@ use cake_engine::worker::RequestClass;
 use crate::admission::{Admission, Reservation, SlotGuard, TenantEntry, TenantPermit};
 use crate::api::{ChatTemplate, GenParams};
 use crate::config::ServerConfig;
+use crate::http::DrainState;
 use crate::error::GatewayError;
 use crate::worker::{WorkerPool, WorkerSlot};
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub model: Arc<ModelInfo>,
     pub pool: Arc<WorkerPool>,
     pub admission: Arc<Admission>,
+    /// Whether the server is draining (`/health` answers 503).
+    pub drain: DrainState,
 }
 
 /// Who is calling: from the API key, or `default` when no tenants are
