@@ -31,7 +31,9 @@ pub enum GatewayError {
     NotFound { method: String, path: String },
     #[error("the body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
-    #[error("the prompt has {tokens} tokens; at most {limit} are accepted")]
+    /// `tokens` counts what was tokenized before stopping: a prompt far
+    /// over the limit is not tokenized to its end.
+    #[error("the prompt is over the limit of {limit} tokens ({tokens} counted)")]
     PromptTooLong { tokens: usize, limit: usize },
     #[error("the client sent its request too slowly or broke it off: {0}")]
     BodyRead(String),
