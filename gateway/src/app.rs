@@ -193,6 +193,12 @@ impl Gateway {
         for s in pool.slots() {
             crate::telemetry::worker_up(s.name(), true);
         }
+        let workers: Vec<&str> = pool.slots().iter().map(|s| s.name()).collect();
+        let mut names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        if names.is_empty() {
+            names.push("default");
+        }
+        crate::telemetry::register_names(&workers, &names);
         let health = pool.spawn_health_checks(Duration::from_millis(server.health_interval_ms));
         let admission = Arc::new(Admission::new(policy, tenants, pool.clone()));
         let pump = admission.spawn_pump(PUMP_EVERY);
