@@ -112,7 +112,9 @@ async fn a_full_disk_evicts_the_oldest_and_stores_the_newest() {
     let p = present(&store, &keys).await;
     assert_eq!(
         p,
-        [false, false, false, false, false, false, true, true, true, true],
+        [
+            false, false, false, false, false, false, true, true, true, true
+        ],
         "the newest chunks are stored"
     );
     for (k, _, _) in &chunks[6..] {
@@ -126,9 +128,8 @@ async fn concurrent_writes_stay_within_the_capacity() {
     let chunks = prompt(3, 24, Codec::F32);
     let size = chunks[0].1.len() as u64;
     let disk = SmallDisk::new(4 * size);
-    let store = Arc::new(
-        DiskStore::open_with_space(dir.path(), 4 * size, false, 8, disk.clone()).unwrap(),
-    );
+    let store =
+        Arc::new(DiskStore::open_with_space(dir.path(), 4 * size, false, 8, disk.clone()).unwrap());
     let puts = chunks.iter().map(|(_, enc, _)| {
         let (s, e) = (store.clone(), enc.clone());
         tokio::spawn(async move { s.put(e).await })

@@ -80,7 +80,10 @@ async fn streams_in_flight_finish_then_new_connections_are_refused() {
         assert!(!r.text().contains("\"error\""), "{}", r.text());
     }
     assert_eq!(m.finished(), 3);
-    assert!(refused(addr).await, "a new connection after the drain is refused");
+    assert!(
+        refused(addr).await,
+        "a new connection after the drain is refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

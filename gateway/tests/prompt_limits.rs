@@ -36,7 +36,10 @@ async fn a_prompt_megabytes_over_the_limit_is_413() {
     assert_eq!(v["error"]["code"], "prompt_too_long", "{v}");
     assert_eq!(v["error"]["param"], "prompt", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&common::CONTEXT.to_string()), "names the limit: {msg}");
+    assert!(
+        msg.contains(&common::CONTEXT.to_string()),
+        "names the limit: {msg}"
+    );
 
     // The same text as a chat message.
     let body = json!({"messages": [{"role": "user", "content": big}], "max_tokens": 1}).to_string();
@@ -50,7 +53,11 @@ async fn prompts_within_the_limit_are_tokenized_as_before() {
     let m = mock("w0");
     let gw = start(vec![slot(Arc::new(m.clone()))], server_config()).await;
     let tok = model().tokenizer;
-    for prompt in [text(100), text(1000), "ünï 漢字 \u{1F600}  two  spaces\n".repeat(8)] {
+    for prompt in [
+        text(100),
+        text(1000),
+        "ünï 漢字 \u{1F600}  two  spaces\n".repeat(8),
+    ] {
         let want = tok.encode(&prompt, true).unwrap();
         assert!(want.len() < common::CONTEXT, "{}", want.len());
         let body = json!({"prompt": prompt, "max_tokens": 1}).to_string();

@@ -28,7 +28,9 @@ fn reload(adm: &Admission, path: &Path, before: Option<&Config>) -> Option<Confi
             tm::config_reloaded(true);
             tracing::info!(file = %path.display(), tenants = cfg.tenants.len(),
                 placement = %cfg.policy.placement, "config reloaded: tenants and policy in force");
-            let changed = before.map(|b| restart_only_changes(b, &cfg)).unwrap_or_default();
+            let changed = before
+                .map(|b| restart_only_changes(b, &cfg))
+                .unwrap_or_default();
             if !changed.is_empty() {
                 tracing::warn!(file = %path.display(), keys = %changed.join(", "),
                     "config keys changed that take effect at restart; the running values stay");

@@ -147,9 +147,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let drain = Duration::from_millis(cfg.server.drain_timeout_ms);
         let sig = until_shutdown_signal().await;
-        tracing::info!(signal = sig, drain_timeout_ms = cfg.server.drain_timeout_ms, "draining: no new connections; requests in flight finish");
+        tracing::info!(
+            signal = sig,
+            drain_timeout_ms = cfg.server.drain_timeout_ms,
+            "draining: no new connections; requests in flight finish"
+        );
         let report = gw.drain(drain).await;
-        tracing::info!(cut_connections = report.cut_connections, left_open = report.left_open, "drained; exiting");
+        tracing::info!(
+            cut_connections = report.cut_connections,
+            left_open = report.left_open,
+            "drained; exiting"
+        );
         Ok(())
     })
 }

@@ -70,7 +70,9 @@ pub fn gateway_cutoff() -> Cutoff {
         }
         crate::telemetry::error(GatewayError::ShuttingDown.error_type());
         let mut out = b"data: ".to_vec();
-        out.extend(serde_json::to_vec(&error_body(&GatewayError::ShuttingDown)).unwrap_or_default());
+        out.extend(
+            serde_json::to_vec(&error_body(&GatewayError::ShuttingDown)).unwrap_or_default(),
+        );
         out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
         Some(out.into())
     }

@@ -7,6 +7,6 @@ mod error;
 mod server;
 
 pub use body::{Body, full, json_response, stream_body};
-pub use error::{error_body, error_response, gateway_cutoff};
 pub use drain::{Cutoff, DrainSignal, DrainState};
+pub use error::{error_body, error_response, gateway_cutoff};
 pub use server::{DrainReport, ServerHandle, serve};

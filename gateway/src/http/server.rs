@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Body;
-use super::drain::{Cutoff, CutService, DrainSignal};
+use super::drain::{CutService, Cutoff, DrainSignal};
 
 /// How long connections get after the drain deadline to send the last
 /// frames the cut wrote (an error event, `[DONE]`).

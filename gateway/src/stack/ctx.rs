@@ -12,8 +12,8 @@ use cake_engine::worker::RequestClass;
 use crate::admission::{Admission, Reservation, SlotGuard, TenantEntry, TenantPermit};
 use crate::api::{ChatTemplate, GenParams};
 use crate::config::ServerConfig;
-use crate::http::DrainState;
 use crate::error::GatewayError;
+use crate::http::DrainState;
 use crate::worker::{WorkerPool, WorkerSlot};
 
 /// A boxed response future of the inner layers.
