@@ -124,6 +124,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     apply(&mut cfg, args.data_dir, args.model)?;
     let dir = model_dir(&cfg)?;
     runtime()?.block_on(async move {
+        // Before the stores open: what they record at start (the disk
+        // store's capacity and bytes) must reach /metrics.
+        cake_gateway::install_metrics();
         let info = cake_gateway::model_info(&cfg, &dir)?;
         let slots = cake_gateway::build_workers(&cfg, &dir)?;
         let listener = cake_gateway::listen(&cfg.server.listen).await?;
