@@ -154,8 +154,9 @@ sent, ok = r["requests"], r["ok"]
 errs = dict(r.get("errors_by_status", {}))
 if extra:
     sent += int(extra[0]); ok += int(extra[1])
-    if extra[2]:
-        errs[extra[2]] = errs.get(extra[2], 0) + 1
+    n = int(extra[3]) if len(extra) > 3 else 1
+    if extra[2] and n:
+        errs[extra[2]] = errs.get(extra[2], 0) + n
 lost = sum(errs.get(k, 0) for k in ("transport", "truncated"))
 e = ", ".join(f"{k}: {v}" for k, v in sorted(errs.items())) or "none"
 print(f"| {trial} | {sent} | {ok} | {e} | {lost} | {rss} | {recovery} |")
@@ -167,12 +168,24 @@ trial_shutdown() { # NAME SIGNAL
   config "$TMP/$1.toml" "" "drain_timeout_ms = $DRAIN_MS"
   start_server "$TMP/$1.toml" "$OUT/$1.server.log" || return
   load "$1"
-  sleep 6
-  local rss
+  sleep 5
+  # Three long streams in flight when the signal comes.
+  local i
+  for i in 1 2 3; do
+    curl -sN -H 'content-type: application/json' "$URL/v1/completions" \
+      -d "{\"model\": \"small\", \"prompt\": \"stream $i of the shutdown trial\", \"max_tokens\": 200, \"ignore_eos\": true, \"stream\": true}" \
+      >"$OUT/$1.stream$i" 2>/dev/null &
+  done
+  sleep 1
+  local rss done=0
   rss=$(rss_mb "$SERVER")
   stop_server "$2"
   wait "$LOADER"
-  row "$1" "$OUT/$1.json" "$rss" "$STOPPED"
+  wait
+  for i in 1 2 3; do
+    tail -c 200 "$OUT/$1.stream$i" | grep -q 'data: \[DONE\]' && ! grep -q '"error"' "$OUT/$1.stream$i" && done=$((done + 1))
+  done
+  row "$1" "$OUT/$1.json" "$rss" "$STOPPED; $done/3 long streams whole with [DONE]" 3 "$done" truncated $((3 - done))
 }
 
 trial_disk_full() {
