@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::admission::Admission;
 use crate::config::{Config, PolicyConfig, ServerConfig, TenantConfig, WorkerKind};
-use crate::http::{ServerHandle, serve};
+use crate::http::{DrainReport, DrainSignal, ServerHandle, gateway_cutoff, serve};
 use crate::stack::{AppState, ModelInfo, build};
 use crate::worker::{CakeWorker, EmbeddedWorker, OpenAiWorker, Worker, WorkerPool, WorkerSlot};
 
@@ -208,14 +208,22 @@ impl Gateway {
         for s in pool.slots() {
             crate::telemetry::worker_up(s.name(), true);
         }
+        let workers: Vec<&str> = pool.slots().iter().map(|s| s.name()).collect();
+        let mut names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+        if names.is_empty() {
+            names.push("default");
+        }
+        crate::telemetry::register_names(&workers, &names);
         let health = pool.spawn_health_checks(Duration::from_millis(server.health_interval_ms));
         let admission = Arc::new(Admission::new(policy, tenants, pool.clone()));
         let pump = admission.spawn_pump(PUMP_EVERY);
+        let signal = DrainSignal::new();
         let state = Arc::new(AppState {
             server: server.clone(),
             model: Arc::new(model),
             pool: pool.clone(),
             admission: admission.clone(),
+            drain: signal.state(),
         });
         let addr = listener
             .local_addr()
@@ -225,6 +233,8 @@ impl Gateway {
             listener,
             build(state),
             Duration::from_millis(server.read_timeout_ms),
+            signal,
+            gateway_cutoff(),
         )
         .map_err(|source| StartError::Listen { addr, source })?;
         Ok(Gateway {
@@ -264,9 +274,35 @@ impl Gateway {
         self.handle.shutdown().await;
     }
 
+    /// The graceful end (SIGTERM, SIGINT): stops accepting, lets
+    /// requests in flight finish for up to `timeout`, ends the rest with
+    /// an error (see [`ServerHandle::drain`]), then waits, within what is
+    /// left of `timeout`, for the embedded workers' KV write-behind.
+    pub async fn drain(self, timeout: Duration) -> DrainReport {
+        let started = tokio::time::Instant::now();
+        let report = self.handle.drain(timeout).await;
+        let left = timeout.saturating_sub(started.elapsed());
+        flush_workers(&self.pool, left).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        report
+    }
+
     /// Runs until the process ends.
     pub async fn wait(self) {
         self.handle.wait().await;
+    }
+}
+
+/// Waits for every worker's write-behind, for at most `within`.
+pub async fn flush_workers(pool: &WorkerPool, within: Duration) {
+    let all = futures::future::join_all(pool.slots().iter().map(|s| s.worker.flush()));
+    if tokio::time::timeout(within, all).await.is_err() {
+        tracing::warn!(
+            within_ms = within.as_millis() as u64,
+            "KV write-behind not flushed within the drain deadline; unwritten chunks are dropped"
+        );
     }
 }
 

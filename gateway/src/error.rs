@@ -31,7 +31,9 @@ pub enum GatewayError {
     NotFound { method: String, path: String },
     #[error("the body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
-    #[error("the prompt has {tokens} tokens; at most {limit} are accepted")]
+    /// `tokens` counts what was tokenized before stopping: a prompt far
+    /// over the limit is not tokenized to its end.
+    #[error("the prompt is over the limit of {limit} tokens ({tokens} counted)")]
     PromptTooLong { tokens: usize, limit: usize },
     #[error("the client sent its request too slowly or broke it off: {0}")]
     BodyRead(String),
@@ -51,6 +53,10 @@ pub enum GatewayError {
     WorkerFailed { worker: String, message: String },
     #[error("worker {worker} did not answer within {after:?}")]
     WorkerTimeout { worker: String, after: Duration },
+    /// The server was draining (SIGTERM/SIGINT) and its drain deadline
+    /// passed before the request finished.
+    #[error("the server is shutting down; the request did not finish within the drain deadline")]
+    ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,7 +82,7 @@ impl GatewayError {
             | Unauthorized => Fault::Client,
             RateLimited { .. } => Fault::TenantLimit,
             NoHealthyWorker(_) | WorkerFailed { .. } | WorkerTimeout { .. } => Fault::Worker,
-            Internal(_) => Fault::Internal,
+            ShuttingDown | Internal(_) => Fault::Internal,
         }
     }
 
@@ -97,7 +103,7 @@ impl GatewayError {
             BodyTooLarge { .. } | PromptTooLong { .. } => "request_too_large",
             Unauthorized => "authentication_error",
             RateLimited { .. } => "rate_limit_error",
-            NoHealthyWorker(_) => "service_unavailable",
+            NoHealthyWorker(_) | ShuttingDown => "service_unavailable",
             WorkerFailed { .. } => "worker_error",
             WorkerTimeout { .. } => "worker_timeout",
             Internal(_) => "internal_error",
@@ -118,6 +124,7 @@ impl GatewayError {
             Unauthorized => "invalid_api_key",
             RateLimited { limit, .. } => limit,
             NoHealthyWorker(_) => "no_healthy_worker",
+            ShuttingDown => "shutting_down",
             WorkerFailed { .. } => "worker_failed",
             WorkerTimeout { .. } => "worker_timeout",
             Internal(_) => "internal_error",

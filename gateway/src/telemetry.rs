@@ -28,6 +28,7 @@ pub fn install() -> Option<PrometheusHandle> {
                     describe();
                     cake_engine::kv::describe_metrics();
                     cake_engine::worker::describe_metrics();
+                    register_at_zero();
                     Some(h)
                 }
                 Err(e) => {
@@ -151,6 +152,81 @@ fn describe() {
         "cake_config_reload_errors_total",
         "Config reloads refused (the file did not parse or validate); the old config stays."
     );
+}
+
+/// Every error type (the `type` label of `cake_gateway_errors_total`).
+const ERROR_TYPES: &[&str] = &[
+    "invalid_request_error",
+    "not_found_error",
+    "request_too_large",
+    "authentication_error",
+    "rate_limit_error",
+    "service_unavailable",
+    "worker_error",
+    "worker_timeout",
+    "internal_error",
+];
+
+/// Request classes as labels.
+const CLASSES: &[&str] = &["cached", "fresh"];
+
+/// Tenant limits as `cake_gateway_refused_total` labels them.
+const LIMITS: &[&str] = &[
+    "requests_per_second",
+    "prompt_tokens_per_minute",
+    "max_concurrent",
+    "max_prompt_tokens",
+    "ttft_slo",
+    "queue_full",
+    "queue_timeout",
+];
+
+/// Metrics whose labels are known before any request, registered at 0 so
+/// `/metrics` lists them from the start (a counter that appears only
+/// after its first event cannot be told from one that is missing).
+fn register_at_zero() {
+    counter!("cake_config_reloads_total").increment(0);
+    counter!("cake_config_reload_errors_total").increment(0);
+    counter!("cake_limits_redis_errors_total").increment(0);
+    gauge!("cake_gateway_queue_waiting_requests").set(0.0);
+    gauge!("cake_gateway_dispatched_requests").set(0.0);
+    for t in ERROR_TYPES {
+        counter!("cake_gateway_errors_total", "type" => *t).increment(0);
+    }
+    for c in CLASSES.iter().chain(&["none"]) {
+        counter!("cake_gateway_cancelled_total", "class" => *c).increment(0);
+        for name in [
+            "cake_gateway_prompt_tokens_total",
+            "cake_gateway_completion_tokens_total",
+            "cake_gateway_cached_tokens_total",
+            "cake_gateway_loaded_tokens_total",
+            "cake_gateway_shared_tokens_total",
+            "cake_gateway_computed_tokens_total",
+        ] {
+            counter!(name, "class" => *c).increment(0);
+        }
+    }
+}
+
+/// Registers at 0 the metrics labelled by worker and by tenant, once the
+/// configured names are known.
+pub fn register_names(workers: &[&str], tenants: &[&str]) {
+    for w in workers {
+        let w = w.to_string();
+        counter!("cake_worker_failures_total", "worker" => w.clone()).increment(0);
+        counter!("cake_gateway_retries_total", "worker" => w.clone()).increment(0);
+        gauge!("cake_worker_in_flight_requests", "worker" => w.clone()).set(0.0);
+        for c in CLASSES {
+            counter!("cake_worker_requests_total", "worker" => w.clone(), "class" => *c)
+                .increment(0);
+        }
+    }
+    for t in tenants {
+        for l in LIMITS {
+            counter!("cake_gateway_refused_total", "tenant" => t.to_string(), "limit" => *l)
+                .increment(0);
+        }
+    }
 }
 
 pub fn refused(tenant: &str, limit: &'static str) {

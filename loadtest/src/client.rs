@@ -150,6 +150,9 @@ pub enum Outcome {
     Transport,
     /// The stream carried an error event or unreadable data.
     Stream,
+    /// The stream ended with neither `data: [DONE]` nor an error event:
+    /// the answer was lost without a word.
+    Truncated,
 }
 
 impl Outcome {
@@ -162,6 +165,7 @@ impl Outcome {
             Outcome::Connect => "connect".into(),
             Outcome::Transport => "transport".into(),
             Outcome::Stream => "stream".into(),
+            Outcome::Truncated => "truncated".into(),
         }
     }
 }
@@ -271,6 +275,8 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>, keep_text: bool
     Sent {
         outcome: if s.error {
             Outcome::Stream
+        } else if !s.done {
+            Outcome::Truncated
         } else {
             Outcome::Ok
         },

@@ -79,6 +79,8 @@ pub struct DiskConfig {
     /// The folder; empty means `kv/` under the data folder.
     pub path: PathBuf,
     /// Most bytes of chunk files; least recently used are deleted first.
+    /// Capped to what the folder's file system holds, at start and when a
+    /// write finds the disk full.
     pub capacity_bytes: u64,
     /// fsync each chunk and its folder before it counts as written (a
     /// power loss then loses nothing; without it, a torn file is caught by

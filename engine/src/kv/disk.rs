@@ -14,13 +14,22 @@
 //! modification times, oldest evicted first) and stray temporary files are
 //! removed. After that the index is the truth for lookups: no file system
 //! call is made for a chunk the index does not hold.
+//!
+//! Full disks: the capacity is capped at start to what the file system
+//! holds (its free space plus the cache's own files). Bytes of writes in
+//! flight are reserved before they start, so concurrent writes never
+//! overrun the capacity together. A write the file system still refuses
+//! for space (ENOSPC, EDQUOT: another tenant of the disk, a quota) lowers
+//! the capacity to what the file system now holds, evicts least recently
+//! used chunks to make room, and is retried once — so the newest chunks
+//! keep being stored and the oldest go.
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -33,15 +42,56 @@ use super::lru::Lru;
 use super::store::{Counters, KvStore, StoreError, StoreStats, Tier};
 use super::telemetry;
 
+/// The file system under a disk store, as far as space goes.
+/// [`FsSpace`] asks the real one; tests stand in a small one.
+pub trait Space: Send + Sync {
+    /// Bytes that may still be written under `root`.
+    fn free_bytes(&self, root: &Path) -> std::io::Result<u64>;
+
+    /// Called just before `bytes` of a chunk are written under `root`; an
+    /// error is returned as the write's own would be.
+    fn before_write(&self, _root: &Path, _bytes: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The real file system: free space from `statvfs` (what an unprivileged
+/// process may use).
+pub struct FsSpace;
+
+impl Space for FsSpace {
+    fn free_bytes(&self, root: &Path) -> std::io::Result<u64> {
+        let v = rustix::fs::statvfs(root)?;
+        Ok(v.f_bavail.saturating_mul(v.f_frsize))
+    }
+}
+
+/// At most one "disk full" warning this often; the rest are counted.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 pub struct DiskStore {
     root: PathBuf,
     tmp: PathBuf,
-    index: Mutex<Lru<()>>,
+    /// Chunk keys and their bytes.
+    index: Mutex<Lru<u64>>,
+    /// Bytes on the disk or on their way that `index` does not count:
+    /// writes in flight and evicted files not yet removed. Changed only
+    /// with `index` locked.
+    reserved: AtomicU64,
+    space: Arc<dyn Space>,
+    /// When the last "disk full" warning was logged, and how many full
+    /// writes went unlogged since.
+    full_warned: Mutex<(Option<Instant>, u64)>,
     sync_writes: bool,
     io: Arc<Semaphore>,
     counters: Counters,
     seq: AtomicU64,
     _lock: File,
+}
+
+fn is_no_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. }
+        if matches!(source.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded))
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -57,6 +107,24 @@ impl DiskStore {
         capacity_bytes: u64,
         sync_writes: bool,
         max_concurrent_io: usize,
+    ) -> Result<DiskStore, StoreError> {
+        DiskStore::open_with_space(
+            root,
+            capacity_bytes,
+            sync_writes,
+            max_concurrent_io,
+            Arc::new(FsSpace),
+        )
+    }
+
+    /// [`DiskStore::open`] over `space` instead of the real file system's
+    /// free space.
+    pub fn open_with_space(
+        root: &Path,
+        capacity_bytes: u64,
+        sync_writes: bool,
+        max_concurrent_io: usize,
+        space: Arc<dyn Space>,
     ) -> Result<DiskStore, StoreError> {
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
@@ -78,6 +146,9 @@ impl DiskStore {
             root: root.to_path_buf(),
             tmp,
             index: Mutex::new(Lru::new(capacity_bytes)),
+            reserved: AtomicU64::new(0),
+            space,
+            full_warned: Mutex::new((None, 0)),
             sync_writes,
             io: Arc::new(Semaphore::new(max_concurrent_io.max(1))),
             counters: Counters::new("disk"),
@@ -85,7 +156,98 @@ impl DiskStore {
             _lock: lock,
         };
         store.rebuild()?;
+        store.cap_at_file_system();
         Ok(store)
+    }
+
+    /// Caps the capacity at what the file system holds: its free space
+    /// plus the chunks already stored.
+    fn cap_at_file_system(&self) {
+        let free = match self.space.free_bytes(&self.root) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(root = %self.root.display(), error = %e, "cannot read the KV folder's free space; keeping kv.disk.capacity_bytes");
+                return;
+            }
+        };
+        let mut index = self.index.lock();
+        let configured = index.capacity();
+        let holds = index.bytes().saturating_add(free);
+        if holds < configured {
+            tracing::warn!(
+                root = %self.root.display(),
+                capacity_bytes = configured,
+                file_system_holds = holds,
+                "kv.disk.capacity_bytes is more than the KV folder's file system holds (free space plus the stored chunks); capped at that"
+            );
+            index.set_capacity(holds);
+        }
+        telemetry::capacity_bytes("disk", index.capacity());
+    }
+
+    /// A write was refused for space: the capacity becomes what the file
+    /// system holds now, and room is made for `len` more bytes (beyond
+    /// the other writes in flight). Returns the chunks evicted.
+    fn shrink_to_file_system(&self, len: u64) -> Vec<(ChunkKey, u64)> {
+        telemetry::disk_full();
+        let free = self.space.free_bytes(&self.root).unwrap_or(0);
+        let mut index = self.index.lock();
+        let before = index.capacity();
+        let holds = index.bytes().saturating_add(free).min(before);
+        let mut evicted = index.set_capacity(holds);
+        let others = self.reserved.load(Ordering::Relaxed).saturating_sub(len);
+        evicted.extend(index.make_room(len.saturating_add(others)));
+        self.reserve_removal(&evicted);
+        let after = index.capacity();
+        drop(index);
+        telemetry::capacity_bytes("disk", after);
+        self.warn_full(before, after, evicted.len());
+        evicted
+    }
+
+    /// Evicted files count as taken until they are removed. Call with
+    /// `index` locked.
+    fn reserve_removal(&self, evicted: &[(ChunkKey, u64)]) {
+        let bytes: u64 = evicted.iter().map(|(_, b)| b).sum();
+        self.reserved.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Removes evicted chunks' files, then gives their bytes back.
+    async fn remove_evicted(&self, evicted: &[(ChunkKey, u64)]) {
+        if evicted.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = evicted.iter().map(|(k, _)| self.path_of(k)).collect();
+        let _ = self
+            .blocking(move || {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+            })
+            .await;
+        let bytes: u64 = evicted.iter().map(|(_, b)| b).sum();
+        let _index = self.index.lock();
+        self.reserved.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn warn_full(&self, before: u64, after: u64, evicted: usize) {
+        let mut w = self.full_warned.lock();
+        let now = Instant::now();
+        if w.0.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            w.1 += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut w.1);
+        w.0 = Some(now);
+        drop(w);
+        tracing::warn!(
+            root = %self.root.display(),
+            capacity_before = before,
+            capacity_now = after,
+            evicted,
+            unlogged_since_last = unlogged,
+            "KV disk full: capacity lowered to what the file system holds; oldest chunks evicted"
+        );
     }
 
     /// Where the chunk under `key` lives (whether or not it is stored).
@@ -152,9 +314,9 @@ impl DiskStore {
         {
             let mut index = self.index.lock();
             for (_, key, len) in &found {
-                match index.insert(*key, (), *len) {
+                match index.insert(*key, *len, *len) {
                     Ok(out) => evicted.extend(out.into_iter().map(|(k, _)| k)),
-                    Err(()) => evicted.push(*key),
+                    Err(_) => evicted.push(*key),
                 }
             }
         }
@@ -257,8 +419,8 @@ impl DiskStore {
                 self.counters.skipped();
                 return Ok(());
             }
-            if len > index.capacity() {
-                let capacity = index.capacity();
+            let capacity = index.capacity();
+            if len > capacity {
                 drop(index);
                 self.counters.dropped();
                 return Err(StoreError::TooLarge {
@@ -267,9 +429,60 @@ impl DiskStore {
                     capacity,
                 });
             }
-            index.make_room(len)
+            // Room for this write beside every other one in flight (and
+            // evicted files not yet removed).
+            let reserved = self.reserved.load(Ordering::Relaxed);
+            let victims = index.make_room(len.saturating_add(reserved));
+            self.reserve_removal(&victims);
+            let fits = index.bytes() + reserved + len <= capacity;
+            if fits {
+                self.reserved.fetch_add(len, Ordering::Relaxed);
+            }
+            (victims, fits.then_some(()).ok_or(capacity))
         };
-        let victim_paths: Vec<PathBuf> = victims.iter().map(|(k, _)| self.path_of(k)).collect();
+        let (victims, fits) = victims;
+        if let Err(capacity) = fits {
+            self.remove_evicted(&victims).await;
+            self.counters.evicted(victims.len());
+            self.counters.dropped();
+            return Err(StoreError::Busy {
+                store: "disk",
+                capacity,
+            });
+        }
+        self.remove_evicted(&victims).await;
+        self.counters.evicted(victims.len());
+        let mut written = self.write(&chunk).await;
+        if written.as_ref().is_err_and(is_no_space) {
+            let victims = self.shrink_to_file_system(len);
+            self.remove_evicted(&victims).await;
+            self.counters.evicted(victims.len());
+            written = self.write(&chunk).await;
+        }
+        if let Err(e) = written {
+            let _index = self.index.lock();
+            self.reserved.fetch_sub(len, Ordering::Relaxed);
+            self.counters.error();
+            return Err(e);
+        }
+        let (late, stored) = {
+            let mut index = self.index.lock();
+            self.reserved.fetch_sub(len, Ordering::Relaxed);
+            let late = index.insert(key, len, len).unwrap_or_default();
+            self.reserve_removal(&late);
+            (late, index.bytes())
+        };
+        // A capacity lowered meanwhile may have left no room for others.
+        self.remove_evicted(&late).await;
+        self.counters.evicted(late.len());
+        self.counters.written(len as usize);
+        telemetry::stored_bytes("disk", stored);
+        Ok(())
+    }
+
+    /// Writes `chunk` in place atomically.
+    async fn write(&self, chunk: &EncodedChunk) -> Result<(), StoreError> {
+        let key = chunk.key();
         let path = self.path_of(&key);
         let tmp = self.tmp.join(format!(
             "{key}.{}.{}.tmp",
@@ -277,42 +490,17 @@ impl DiskStore {
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
         let sync = self.sync_writes;
-        let written = self
-            .blocking(move || {
-                for p in victim_paths {
-                    let _ = std::fs::remove_file(p);
-                }
-                write_atomically(&tmp, &path, chunk.bytes(), sync)
-            })
-            .await
-            .and_then(|r| r);
-        if !victims.is_empty() {
-            self.counters.evicted(victims.len());
-        }
-        if let Err(e) = written {
-            self.counters.error();
-            return Err(e);
-        }
-        let (late, stored) = {
-            let mut index = self.index.lock();
-            let late = index.insert(key, (), len).unwrap_or_default();
-            (late, index.bytes())
-        };
-        // Concurrent puts may have used the room this one made.
-        if !late.is_empty() {
-            self.counters.evicted(late.len());
-            let paths: Vec<PathBuf> = late.iter().map(|(k, _)| self.path_of(k)).collect();
-            let _ = self
-                .blocking(move || {
-                    for p in paths {
-                        let _ = std::fs::remove_file(p);
-                    }
-                })
-                .await;
-        }
-        self.counters.written(len as usize);
-        telemetry::stored_bytes("disk", stored);
-        Ok(())
+        let space = self.space.clone();
+        let root = self.root.clone();
+        let chunk = chunk.clone();
+        self.blocking(move || {
+            space
+                .before_write(&root, chunk.len() as u64)
+                .map_err(io_err("write", &tmp))?;
+            write_atomically(&tmp, &path, chunk.bytes(), sync)
+        })
+        .await
+        .and_then(|r| r)
     }
 }
 

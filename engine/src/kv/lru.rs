@@ -39,6 +39,13 @@ impl<V> Lru<V> {
         self.capacity
     }
 
+    /// Lowers (or raises) the capacity, evicting least recently used
+    /// entries until what is held fits; returns what was evicted.
+    pub(crate) fn set_capacity(&mut self, capacity: u64) -> Vec<(ChunkKey, V)> {
+        self.capacity = capacity;
+        self.make_room(0)
+    }
+
     /// Sum of the costs held; never above the capacity.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes

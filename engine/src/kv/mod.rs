@@ -36,7 +36,7 @@ pub use codec::Codec;
 pub use config::{
     ConfigError, DiskConfig, KvConfig, MemoryConfig, RedisConfig, ThrottleConfig, ThrottleTarget,
 };
-pub use disk::DiskStore;
+pub use disk::{DiskStore, FsSpace, Space};
 pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,
 };

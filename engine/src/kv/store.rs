@@ -149,6 +149,10 @@ pub enum StoreError {
         bytes: u64,
         capacity: u64,
     },
+    /// Every byte of the capacity is taken by writes in flight; the
+    /// chunk is not stored.
+    #[error("the {store} store's capacity of {capacity} bytes is taken by writes in flight")]
+    Busy { store: &'static str, capacity: u64 },
     #[error("blocking task failed: {0}")]
     Task(String),
     #[error("the redis store must be created inside a tokio runtime")]

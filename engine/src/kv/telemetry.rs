@@ -16,6 +16,8 @@ pub const DROPPED_WRITES: &str = "cake_kv_dropped_writes_total";
 pub const EVICTIONS: &str = "cake_kv_evictions_total";
 pub const STORED_BYTES: &str = "cake_kv_stored_bytes";
 pub const WRITE_BEHIND_BYTES: &str = "cake_kv_write_behind_bytes";
+pub const DISK_FULL: &str = "cake_kv_disk_full_total";
+pub const CAPACITY_BYTES: &str = "cake_kv_capacity_bytes";
 
 /// Describes every KV metric once; call at start-up.
 pub fn describe_metrics() {
@@ -43,11 +45,37 @@ pub fn describe_metrics() {
         "KV chunks evicted to stay within capacity, by tier"
     );
     describe_gauge!(STORED_BYTES, Unit::Bytes, "KV bytes held, by tier");
+    describe_counter!(
+        DISK_FULL,
+        "KV chunk writes the file system refused for space (ENOSPC, EDQUOT); each lowers the disk store's capacity"
+    );
+    describe_gauge!(
+        CAPACITY_BYTES,
+        Unit::Bytes,
+        "KV bytes a tier may hold (the disk store's is lowered to what its file system holds)"
+    );
     describe_gauge!(
         WRITE_BEHIND_BYTES,
         Unit::Bytes,
         "KV bytes accepted for writing behind the request, not yet written"
     );
+    register_at_zero();
+}
+
+/// The counters, at 0 for every store and tier, so `/metrics` lists them
+/// before their first event.
+fn register_at_zero() {
+    for store in ["memory", "disk", "redis", "tiered"] {
+        for name in [HITS, MISSES, CORRUPT, ERRORS, DROPPED_WRITES] {
+            counter!(name, "store" => store).increment(0);
+        }
+    }
+    for tier in ["memory", "disk", "redis"] {
+        for name in [READ_BYTES, WRITTEN_BYTES, EVICTIONS] {
+            counter!(name, "tier" => tier).increment(0);
+        }
+    }
+    counter!(DISK_FULL, "store" => "disk").increment(0);
 }
 
 fn moves_bytes(store: &str) -> bool {
@@ -93,4 +121,12 @@ pub(crate) fn stored_bytes(store: &'static str, bytes: u64) {
 
 pub(crate) fn write_behind_bytes(bytes: u64) {
     gauge!(WRITE_BEHIND_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn disk_full() {
+    counter!(DISK_FULL, "store" => "disk").increment(1);
+}
+
+pub(crate) fn capacity_bytes(store: &'static str, bytes: u64) {
+    gauge!(CAPACITY_BYTES, "tier" => store).set(bytes as f64);
 }

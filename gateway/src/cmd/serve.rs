@@ -97,9 +97,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn until_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves on SIGTERM or SIGINT (the first one: a second signal during
+/// the drain is not waited for, so it ends the process the default way
+/// only if the drain hangs — it does not, it is bounded).
+async fn until_shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the process by other means");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -112,6 +124,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     apply(&mut cfg, args.data_dir, args.model)?;
     let dir = model_dir(&cfg)?;
     runtime()?.block_on(async move {
+        // Before the stores open: what they record at start (the disk
+        // store's capacity and bytes) must reach /metrics.
+        cake_gateway::install_metrics();
         let info = cake_gateway::model_info(&cfg, &dir)?;
         let slots = cake_gateway::build_workers(&cfg, &dir)?;
         let listener = cake_gateway::listen(&cfg.server.listen).await?;
@@ -133,10 +148,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             workers = gw.pool().slots().len(),
             "cake gateway serving (OpenAI API under /v1)"
         );
-        tokio::select! {
-            _ = until_ctrl_c() => tracing::info!("shutting down"),
-            _ = gw.wait() => {}
-        }
+        let drain = Duration::from_millis(cfg.server.drain_timeout_ms);
+        let sig = until_shutdown_signal().await;
+        tracing::info!(
+            signal = sig,
+            drain_timeout_ms = cfg.server.drain_timeout_ms,
+            "draining: no new connections; requests in flight finish"
+        );
+        let report = gw.drain(drain).await;
+        tracing::info!(
+            cut_connections = report.cut_connections,
+            left_open = report.left_open,
+            "drained; exiting"
+        );
         Ok(())
     })
 }
@@ -161,12 +185,18 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let worker: Arc<dyn Worker> = Arc::new(EmbeddedWorker::new(engine));
         let listener = cake_gateway::listen(&cfg.server.worker_listen).await?;
         let read_timeout = Duration::from_millis(cfg.server.read_timeout_ms);
-        let handle = serve_worker(listener, worker, read_timeout)?;
+        let handle = serve_worker(listener, worker.clone(), read_timeout)?;
         tracing::info!(listen = %handle.local_addr(), worker = %cfg.engine.name, "cake worker serving");
-        tokio::select! {
-            _ = until_ctrl_c() => tracing::info!("shutting down"),
-            _ = handle.wait() => {}
+        let drain = Duration::from_millis(cfg.server.drain_timeout_ms);
+        let sig = until_shutdown_signal().await;
+        tracing::info!(signal = sig, drain_timeout_ms = cfg.server.drain_timeout_ms, "draining: no new connections; requests in flight finish");
+        let started = tokio::time::Instant::now();
+        let report = handle.drain(drain).await;
+        let left = drain.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, worker.flush()).await.is_err() {
+            tracing::warn!("KV write-behind not flushed within the drain deadline; unwritten chunks are dropped");
         }
+        tracing::info!(cut_connections = report.cut_connections, left_open = report.left_open, "drained; exiting");
         Ok(())
     })
 }

@@ -5,6 +5,7 @@
 //! the field, the value and the reason. `[engine]` and `[kv]` are the
 //! engine's own types ([`EngineConfig`], [`KvConfig`]).
 
+mod diff;
 mod server;
 mod tenants;
 mod workers;
@@ -15,6 +16,7 @@ use cake_engine::kv::KvConfig;
 use cake_engine::worker::EngineConfig;
 use serde::{Deserialize, Serialize};
 
+pub use diff::restart_only_changes;
 pub use server::{ModelConfig, ServerConfig};
 pub use tenants::{PlacementPolicy, PolicyConfig, TenantConfig, TenantLimits};
 pub use workers::{WorkerConfig, WorkerKind};

@@ -38,6 +38,10 @@ pub struct ServerConfig {
     /// Consecutive failures (checks or requests) that mark a worker down;
     /// one answered check brings it back.
     pub down_after_failures: u32,
+    /// On SIGTERM or SIGINT: how long requests in flight may run on, and
+    /// the KV write-behind may flush, in milliseconds. What is left then
+    /// ends with an error (an error event and `[DONE]` for a stream).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             max_attempts: 2,
             health_interval_ms: 2_000,
             down_after_failures: 3,
+            drain_timeout_ms: 30_000,
         }
     }
 }

@@ -4,7 +4,7 @@
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use super::{Body, json_response};
+use super::{Body, Cutoff, json_response};
 use crate::error::GatewayError;
 
 fn status(e: &GatewayError) -> StatusCode {
@@ -15,7 +15,7 @@ fn status(e: &GatewayError) -> StatusCode {
         UnknownModel(_) | NotFound { .. } => StatusCode::NOT_FOUND,
         BodyTooLarge { .. } | PromptTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        NoHealthyWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        NoHealthyWorker(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         WorkerFailed { .. } => StatusCode::BAD_GATEWAY,
         WorkerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -43,9 +43,38 @@ pub fn error_response(e: &GatewayError) -> Response<Body> {
             r.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
     }
-    if matches!(e, GatewayError::NoHealthyWorker(_)) {
+    if matches!(
+        e,
+        GatewayError::NoHealthyWorker(_) | GatewayError::ShuttingDown
+    ) {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
+}
+
+/// What the gateway's drain deadline sends: 503 `shutting_down` to a
+/// request without an answer yet; to a stream, the same error as its last
+/// event, then `[DONE]`.
+pub fn gateway_cutoff() -> Cutoff {
+    fn response() -> Response<Body> {
+        crate::telemetry::error(GatewayError::ShuttingDown.error_type());
+        error_response(&GatewayError::ShuttingDown)
+    }
+    fn tail(h: &http::HeaderMap) -> Option<bytes::Bytes> {
+        let sse = h
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if !sse {
+            return None;
+        }
+        crate::telemetry::error(GatewayError::ShuttingDown.error_type());
+        let mut out = b"data: ".to_vec();
+        out.extend(
+            serde_json::to_vec(&error_body(&GatewayError::ShuttingDown)).unwrap_or_default(),
+        );
+        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        Some(out.into())
+    }
+    Cutoff { response, tail }
 }

@@ -15,6 +15,7 @@ use crate::admission::{
 use crate::api::{ChatMessage, ChatTemplate, GenParams};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
+use crate::http::DrainState;
 use crate::worker::{WorkerPool, WorkerSlot};
 
 /// A boxed response future of the inner layers.
@@ -65,17 +66,28 @@ impl ModelInfo {
             .map_err(|e| GatewayError::field("prompt", format!("cannot be tokenized: {e}")))
     }
 
+    /// The text of a chat prompt, as `apply_chat_template(messages,
+    /// add_generation_prompt)` renders it, and whether BOS is added when
+    /// encoding it: a model's template writes BOS itself (the plain default
+    /// template gets BOS as a plain prompt would).
+    pub fn chat_text(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<(String, bool), GatewayError> {
+        let text = self.chat.render(messages, add_generation_prompt)?;
+        let add_bos = !self.chat.is_model_template() && self.tokenizer.add_bos();
+        Ok((text, add_bos))
+    }
+
     /// The ids of a chat prompt, as `apply_chat_template(messages,
-    /// add_generation_prompt)` gives them: a model's template writes BOS
-    /// itself and its text is encoded without adding one (the plain
-    /// default template gets BOS as a plain prompt would).
+    /// add_generation_prompt)` gives them.
     pub fn chat_ids(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, GatewayError> {
-        let text = self.chat.render(messages, add_generation_prompt)?;
-        let add_bos = !self.chat.is_model_template() && self.tokenizer.add_bos();
+        let (text, add_bos) = self.chat_text(messages, add_generation_prompt)?;
         self.tokenizer
             .encode(&text, add_bos)
             .map_err(|e| GatewayError::field("messages", format!("cannot be tokenized: {e}")))
@@ -88,6 +100,8 @@ pub struct AppState {
     pub model: Arc<ModelInfo>,
     pub pool: Arc<WorkerPool>,
     pub admission: Arc<Admission>,
+    /// Whether the server is draining (`/health` answers 503).
+    pub drain: DrainState,
 }
 
 /// Who is calling: from the API key, or `default` when no tenants are

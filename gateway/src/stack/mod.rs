@@ -16,6 +16,7 @@
 
 mod admit;
 mod auth;
+mod bounded;
 mod classify;
 mod ctx;
 mod dispatch;

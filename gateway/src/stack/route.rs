@@ -28,6 +28,12 @@ impl<G> Router<G> {
 }
 
 fn health(state: &AppState) -> Response<Body> {
+    if state.drain.is_draining() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "draining", "workers_up": state.pool.healthy()}),
+        );
+    }
     let workers: Vec<_> = state
         .pool
         .slots()

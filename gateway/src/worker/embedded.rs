@@ -73,4 +73,14 @@ impl Worker for EmbeddedWorker {
     fn health(&self) -> BoxFuture<'static, Result<(), WorkerError>> {
         futures::future::ready(Ok(())).boxed()
     }
+
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let store = self.engine.store().cloned();
+        async move {
+            if let Some(s) = store {
+                s.flush().await;
+            }
+        }
+        .boxed()
+    }
 }

@@ -86,4 +86,10 @@ pub trait Worker: Send + Sync + 'static {
     fn load(&self) -> BoxFuture<'static, Result<LoadReport, WorkerError>>;
     /// Answers when it can take requests.
     fn health(&self) -> BoxFuture<'static, Result<(), WorkerError>>;
+    /// Waits until the KV chunks it has accepted for writing are stored
+    /// (an engine's write-behind); at shutdown. Nothing to wait for by
+    /// default: a remote worker flushes in its own process.
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        Box::pin(futures::future::ready(()))
+    }
 }

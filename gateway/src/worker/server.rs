@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 
 use super::remote::ClassifyBody;
 use super::{Worker, WorkerError};
-use crate::http::{Body, ServerHandle, json_response, serve, stream_body};
+use crate::http::{
+    Body, Cutoff, DrainSignal, DrainState, ServerHandle, json_response, serve, stream_body,
+};
 
 /// Largest request body a worker reads (token ids are small; 64 MiB is
 /// far above any context).
@@ -29,21 +31,54 @@ const MAX_BODY: usize = 64 << 20;
 #[derive(Clone)]
 pub struct WorkerServer {
     worker: Arc<dyn Worker>,
+    drain: DrainState,
 }
 
 impl WorkerServer {
-    pub fn new(worker: Arc<dyn Worker>) -> WorkerServer {
-        WorkerServer { worker }
+    pub fn new(worker: Arc<dyn Worker>, drain: DrainState) -> WorkerServer {
+        WorkerServer { worker, drain }
     }
 }
 
-/// Serves `worker` on `listener`.
+/// Serves `worker` on `listener`; [`ServerHandle::drain`] ends it
+/// gracefully (a request cut at the deadline gets 503 `unavailable`, a
+/// stream a last `error` event of that kind).
 pub fn serve_worker(
     listener: TcpListener,
     worker: Arc<dyn Worker>,
     read_timeout: Duration,
 ) -> std::io::Result<ServerHandle> {
-    serve(listener, WorkerServer::new(worker), read_timeout)
+    let signal = DrainSignal::new();
+    let svc = WorkerServer::new(worker, signal.state());
+    serve(listener, svc, read_timeout, signal, worker_cutoff())
+}
+
+const SHUTTING_DOWN: &str = "worker shutting down: drain deadline passed";
+
+fn worker_cutoff() -> Cutoff {
+    fn response() -> Response<Body> {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            WorkErrorKind::Unavailable,
+            SHUTTING_DOWN.into(),
+        )
+    }
+    fn tail(h: &http::HeaderMap) -> Option<Bytes> {
+        let ndjson = h
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/x-ndjson");
+        if !ndjson {
+            return None;
+        }
+        let ev = WorkEvent::Error {
+            kind: WorkErrorKind::Unavailable,
+            message: SHUTTING_DOWN.into(),
+        };
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Some(Bytes::from(line))
+    }
+    Cutoff { response, tail }
 }
 
 fn error(status: StatusCode, kind: WorkErrorKind, message: String) -> Response<Body> {
@@ -88,7 +123,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-async fn handle(worker: Arc<dyn Worker>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    worker: Arc<dyn Worker>,
+    drain: DrainState,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/worker/v1/submit") => {
@@ -137,6 +176,11 @@ async fn handle(worker: Arc<dyn Worker>, req: Request<Incoming>) -> Response<Bod
             Ok(l) => json_response(StatusCode::OK, &json!(l)),
             Err(e) => worker_error(e),
         },
+        (Method::GET, "/health") if drain.is_draining() => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            WorkErrorKind::Unavailable,
+            "worker draining".into(),
+        ),
         (Method::GET, "/health") => match worker.health().await {
             Ok(()) => json_response(
                 StatusCode::OK,
@@ -163,6 +207,7 @@ impl tower::Service<Request<Incoming>> for WorkerServer {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let worker = self.worker.clone();
-        Box::pin(async move { Ok(handle(worker, req).await) })
+        let drain = self.drain.clone();
+        Box::pin(async move { Ok(handle(worker, drain, req).await) })
     }
 }
