@@ -233,6 +233,7 @@ impl Engine {
             }),
             cached_tokens: n * self.inner.cfg.chunk_tokens,
             stored: l.stored,
+            chunk_tokens: self.inner.cfg.chunk_tokens,
         }
     }
 

@@ -208,4 +208,7 @@ pub struct Classification {
     /// Which full chunks are stored, in order.
     pub stored: Vec<bool>,
     pub cached_tokens: usize,
+    /// The worker's chunk size (`0`: not said).
+    #[serde(default)]
+    pub chunk_tokens: usize,
 }

@@ -189,8 +189,24 @@ impl Admission {
                 cached_tokens: sib.cached_tokens as u64,
                 ..shape
             };
-            let on_sibling = predict(&views[sib.worker].load, &there, &RateDefaults::default());
-            if on_sibling.ttft <= prediction.ttft + prediction.idle_ttft {
+            // The sibling's chunks cross no link: there the request waits
+            // for the worker's compute backlog (the sibling's prefill is
+            // in it), then computes its own suffix.
+            let no_link = WorkerLoad {
+                bandwidth: f64::MAX,
+                ..views[sib.worker].load
+            };
+            let on_sibling = predict(&no_link, &there, &RateDefaults::default());
+            // A worker that has computed nothing yet is taken to be as fast
+            // as the sibling's, not as fast as the built-in defaults say:
+            // the fleet's workers are alike until measured otherwise.
+            let mut elsewhere = views[worker].load;
+            if elsewhere.compute_a <= 0.0 {
+                elsewhere.compute_a = no_link.compute_a;
+                elsewhere.compute_b = no_link.compute_b;
+            }
+            let there_else = predict(&elsewhere, &shape, &RateDefaults::default());
+            if on_sibling.ttft <= there_else.ttft + there_else.idle_ttft {
                 worker = sib.worker;
                 prediction = on_sibling;
             }

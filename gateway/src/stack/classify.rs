@@ -61,11 +61,15 @@ where
         let admission = self.state.admission.clone();
         Box::pin(async move {
             let found = pool.classify(&ctx.prompt, &ctx.tenant.cache_group).await;
-            let chunk = pool
-                .slots()
-                .first()
-                .map(|s| s.last_load().chunk_tokens as usize)
+            // The chunk size the worker said, or its last report's.
+            let chunk = found
+                .as_ref()
+                .map(|c| c.chunk_tokens)
                 .filter(|&c| c > 0)
+                .or_else(|| {
+                    let c = pool.slots().first()?.last_load().chunk_tokens as usize;
+                    (c > 0).then_some(c)
+                })
                 .unwrap_or(DEFAULT_CHUNK);
             let chunks = prefix_chunks(found.as_ref(), &ctx.tenant.cache_group, &ctx.prompt, chunk);
             let seen = Seen::new(found.as_ref(), admission.prefixes(), &chunks);
@@ -156,6 +160,7 @@ mod tests {
             }),
             stored: stored.to_vec(),
             cached_tokens: n * chunk,
+            chunk_tokens: chunk,
         }
     }
 

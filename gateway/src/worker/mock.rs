@@ -157,6 +157,7 @@ impl MockWorker {
             }),
             stored,
             cached_tokens,
+            chunk_tokens: c,
         }
     }
 }
