@@ -200,13 +200,17 @@ impl Admission {
             // A worker that has computed nothing yet is taken to be as fast
             // as the sibling's, not as fast as the built-in defaults say:
             // the fleet's workers are alike until measured otherwise.
-            let mut elsewhere = views[worker].load;
-            if elsewhere.compute_a <= 0.0 {
-                elsewhere.compute_a = no_link.compute_a;
-                elsewhere.compute_b = no_link.compute_b;
-            }
-            let there_else = predict(&elsewhere, &shape, &RateDefaults::default());
-            if on_sibling.ttft <= there_else.ttft + there_else.idle_ttft {
+            let elsewhere = if views[worker].load.compute_a > 0.0 {
+                prediction
+            } else {
+                let alike = WorkerLoad {
+                    compute_a: no_link.compute_a,
+                    compute_b: no_link.compute_b,
+                    ..views[worker].load
+                };
+                predict(&alike, &shape, &RateDefaults::default())
+            };
+            if on_sibling.ttft <= elsewhere.ttft + elsewhere.idle_ttft {
                 worker = sib.worker;
                 prediction = on_sibling;
             }
