@@ -6,12 +6,14 @@
 #   1. a long prompt sent again the moment its answer arrived;
 #   2. fan-out bursts (config/workloads/burst.toml: waves of 8 requests over
 #      one new ~6,000-token document each), and the same waves of 1 request
-#      (what one such request costs alone);
+#      (what one such request costs alone); then the waves of 8 on a server
+#      with two embedded workers (one store), where the gateway's in-flight
+#      prefix registry must put each wave on one worker;
 #   3. closed-loop chat (config/workloads/chat.toml: each turn sent the
 #      moment the previous answer arrived, carrying it).
 #
 # Every part starts a fresh server on an empty data folder and stops it.
-# Results: $OUT_DIR/{repeat.txt,burst.{json,txt},single.{json,txt},chat.{json,txt}}.
+# Results: $OUT_DIR/{repeat.txt,burst.{json,txt},single.{json,txt},burst2.{json,txt},burst2-metrics.txt,chat.{json,txt}}.
 #
 # Usage (repository root, after `cargo build --release -p cake-gateway -p cake-loadtest`):
 #   scripts/reuse-bench.sh
@@ -37,15 +39,16 @@ trap cleanup EXIT
 
 start() {
   local data="$tmp/data-$1"
+  shift
   # shellcheck disable=SC2086
-  "$CAKE" serve --listen "127.0.0.1:$PORT" --data-dir "$data" $SERVE_ARGS \
-    >"$OUT/server-$1.log" 2>&1 &
+  "$CAKE" serve --listen "127.0.0.1:$PORT" --data-dir "$data" $SERVE_ARGS "$@" \
+    >"$OUT/server-$(basename "$data").log" 2>&1 &
   server=$!
   for _ in $(seq 1 600); do
     if curl -sf "$URL/health" >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
-  echo "reuse-bench: the server did not come up; see $OUT/server-$1.log" >&2
+  echo "reuse-bench: the server did not come up; see $OUT/server-$(basename "$data").log" >&2
   exit 1
 }
 
@@ -83,6 +86,15 @@ sed -e 's/^wave_size = .*/wave_size = 1/' -e 's/^name = .*/name = "burst-single"
 start single
 "$LOADTEST" --target "$URL" --workload "$tmp/single.toml" --quiet \
   --json "$OUT/single.json" | tee "$OUT/single.txt"
+stop
+
+printf '[[workers]]\nname = "a"\n[[workers]]\nname = "b"\n' >"$tmp/two.toml"
+start burst2 --config "$tmp/two.toml"
+"$LOADTEST" --target "$URL" --workload config/workloads/burst.toml --quiet \
+  --json "$OUT/burst2.json" | tee "$OUT/burst2.txt"
+# Requests per worker and tokens computed, as the gateway counted them.
+curl -s "$URL/metrics" | grep -E '^cake_(worker_requests|gateway_computed_tokens)_total' \
+  | tee "$OUT/burst2-metrics.txt"
 stop
 
 echo "== 3. closed-loop chat, turns back to back"

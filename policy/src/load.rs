@@ -79,13 +79,29 @@ impl RateDefaults {
     /// These rates with any invalid one replaced from `d`: `a` when not
     /// finite and positive; `b` when `a` was replaced (they are measured
     /// together) or not finite and non-negative; a bandwidth not finite and
-    /// positive; a zero chunk size or KV size.
+    /// positive; a zero chunk size or KV size. Replaced rates are rescaled
+    /// to this chunk size when it is known (a token at position `x` costs
+    /// about `a/c + b·x/c²` whatever the chunk size `c`, so `a` scales with
+    /// the chunk size and `b` with its square).
     fn or_from(&self, d: &RateDefaults) -> RateDefaults {
         let a_ok = self.compute_a.is_finite() && self.compute_a > 0.0;
         let b_ok = a_ok && self.compute_b.is_finite() && self.compute_b >= 0.0;
+        let r = if self.chunk_tokens > 0 && d.chunk_tokens > 0 {
+            self.chunk_tokens as f64 / d.chunk_tokens as f64
+        } else {
+            1.0
+        };
         RateDefaults {
-            compute_a: if a_ok { self.compute_a } else { d.compute_a },
-            compute_b: if b_ok { self.compute_b } else { d.compute_b },
+            compute_a: if a_ok {
+                self.compute_a
+            } else {
+                d.compute_a * r
+            },
+            compute_b: if b_ok {
+                self.compute_b
+            } else {
+                d.compute_b * r * r
+            },
             bandwidth: if self.bandwidth.is_finite() && self.bandwidth > 0.0 {
                 self.bandwidth
             } else {
@@ -293,6 +309,42 @@ mod tests {
             cached_tokens: cached,
             kv_bytes_per_token: 0,
         }
+    }
+
+    /// A worker that said its chunk size but has measured nothing gets the
+    /// default rates for that chunk size: the same prompt costs the same,
+    /// and its cached chunks count.
+    #[test]
+    fn default_rates_are_rescaled_to_a_known_chunk_size() {
+        let d = RateDefaults::default();
+        let small = WorkerLoad {
+            chunk_tokens: 16,
+            ..WorkerLoad::default()
+        };
+        let w = small.resolved(&d);
+        assert!((w.compute_a - d.compute_a / 16.0).abs() < 1e-12);
+        assert!((w.compute_b - d.compute_b / 256.0).abs() < 1e-12);
+        let fresh = RequestShape {
+            prompt_tokens: 512,
+            cached_tokens: 0,
+            kv_bytes_per_token: 0,
+        };
+        let (a, b) = (
+            predict(&small, &fresh, &d).ttft.as_secs_f64(),
+            predict(&WorkerLoad::default(), &fresh, &d)
+                .ttft
+                .as_secs_f64(),
+        );
+        assert!((a - b).abs() < 0.05 * b, "{a} vs {b}");
+        let cached = RequestShape {
+            cached_tokens: 96,
+            ..fresh
+        };
+        assert_eq!(
+            predict(&small, &cached, &d).computed_chunks
+                + predict(&small, &cached, &d).loaded_chunks,
+            6
+        );
     }
 
     #[test]

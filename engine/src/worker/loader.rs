@@ -165,6 +165,21 @@ impl LoadPlan {
         Ok(front)
     }
 
+    /// Chunks from `from` on that will reach the cache without this
+    /// request computing them: loaded already, or handed over (or about to
+    /// be) by a running sibling.
+    pub(crate) fn arriving_from(&self, from: usize) -> usize {
+        let s = self.lock();
+        s.iter()
+            .skip(from)
+            .filter(|slot| match slot {
+                Slot::Loaded(_) | Slot::Shared(_) => true,
+                Slot::Sibling(running) => running.load(Ordering::Acquire),
+                _ => false,
+            })
+            .count()
+    }
+
     /// Compute has put chunk `i` into the cache.
     pub(crate) fn computed(&self, i: usize) {
         if let Some(slot) = self.lock().get_mut(i) {

@@ -125,11 +125,22 @@ impl Seq {
         self.req.prompt.len()
     }
 
-    /// Tokens of the cached range still to be computed or loaded, and of
-    /// those how many the compute side may still need (for load reports).
+    /// Prompt tokens the compute side may still need (for load reports):
+    /// what is left of the prompt less the chunks that arrive without
+    /// compute (loaded, or from a running sibling, whose own report counts
+    /// them once). A burst's waiters must not count the shared prefix
+    /// again, or placement would think the sibling's worker is saturated.
     pub fn remaining_compute_tokens(&self) -> usize {
         match self.phase {
-            Phase::Prefill => self.prompt_len().saturating_sub(self.cache.len()),
+            Phase::Prefill => {
+                let arriving = self
+                    .plan
+                    .as_ref()
+                    .map_or(0, |p| p.arriving_from(self.front) * self.chunk_tokens);
+                self.prompt_len()
+                    .saturating_sub(self.cache.len())
+                    .saturating_sub(arriving)
+            }
             Phase::Decode => 1,
             Phase::Done => 0,
         }
@@ -499,5 +510,23 @@ mod tests {
         plan.lock()[1] = landed();
         seq.take_loaded().unwrap();
         assert_eq!((seq.front, seq.loaded_tokens), (3, 3 * C));
+    }
+    /// Load reports count what the compute side may still do: not chunks
+    /// already loaded, nor those a running sibling hands over (its own
+    /// report counts them), but those of a sibling that is not running.
+    #[test]
+    fn remaining_compute_leaves_out_what_arrives_without_compute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (seq, plan) = cached_seq(tmp.path());
+        let layout = seq.cache.layout();
+        assert_eq!(seq.remaining_compute_tokens(), 4 * C);
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        plan.lock()[0] = Slot::Sibling(running.clone());
+        plan.lock()[1] = Slot::Shared(
+            crate::cache::DeviceChunk::from_planes(layout, C, Device::Cpu, |_, _| {}).unwrap(),
+        );
+        assert_eq!(seq.remaining_compute_tokens(), 2 * C);
+        running.store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(seq.remaining_compute_tokens(), 3 * C);
     }
 }

@@ -108,6 +108,11 @@ impl PlaceRequest<'_> {
         }
     }
 
+    /// The chunk size the presence lookup said (0: unknown).
+    fn chunk_tokens(&self) -> u64 {
+        self.chunks.map_or(0, |c| c.chunk_tokens as u64)
+    }
+
     /// The prefix's identity for `cache-affinity`: its cache group and
     /// first chunk.
     fn prefix(&self, chunk: usize) -> PrefixKey {
@@ -120,10 +125,54 @@ impl PlaceRequest<'_> {
     }
 }
 
+/// A request on the worker computing its prefix for a sibling in flight:
+/// it waits for that worker's compute backlog (the sibling's prefill is in
+/// it), takes the sibling's chunks with no link crossed, loads the stored
+/// ones and computes its own suffix. The prefix's stored chunks are work
+/// the sibling has done: the backlog counts them until the worker next
+/// reports (the ledger holds the sibling's whole prefill), so they are
+/// taken off it.
+fn on_sibling(
+    load: &WorkerLoad,
+    shape: &RequestShape,
+    sib: &InFlightPrefix,
+    stored_tokens: usize,
+) -> Prediction {
+    let there = RequestShape {
+        cached_tokens: sib.cached_tokens as u64,
+        ..*shape
+    };
+    let no_link = WorkerLoad {
+        bandwidth: f64::MAX,
+        queued_compute_tokens: load
+            .queued_compute_tokens
+            .saturating_sub(stored_tokens as u64),
+        ..*load
+    };
+    let mut p = predict(&no_link, &there, &RateDefaults::default());
+    // Only the stored chunks among them go through the I/O queue (the
+    // ledger's figure); the sibling's come for free.
+    let from_sibling = sib.cached_tokens.saturating_sub(stored_tokens) as u64;
+    let per_token = p.io_bytes / there.cached_tokens.max(1);
+    p.io_bytes = p
+        .io_bytes
+        .saturating_sub(from_sibling.saturating_mul(per_token));
+    p
+}
+
 impl Admission {
     /// The workers' views: reports plus the ledger; `with_room` leaves out
-    /// workers at `policy.max_in_flight_per_worker`.
-    fn views(&self, p: &mut PlaceState, now: Instant, with_room: bool) -> Vec<WorkerView> {
+    /// workers at `policy.max_in_flight_per_worker`. A worker that has not
+    /// reported yet is taken to use `chunk` tokens a chunk (the size the
+    /// presence lookup said; 0: unknown), so that its cached chunks count
+    /// before its first report.
+    fn views(
+        &self,
+        p: &mut PlaceState,
+        now: Instant,
+        with_room: bool,
+        chunk: u64,
+    ) -> Vec<WorkerView> {
         let cap = self.live.load().policy.max_in_flight_per_worker;
         let slots = self.pool.slots();
         for (i, s) in slots.iter().enumerate() {
@@ -142,7 +191,13 @@ impl Admission {
             .map(|(i, s)| WorkerView {
                 index: i,
                 healthy: s.is_up() && (!with_room || cap == 0 || p.reserved[i] < cap),
-                load: p.ledger.effective_load(i, &worker_load(&s.last_load())),
+                load: {
+                    let mut load = p.ledger.effective_load(i, &worker_load(&s.last_load()));
+                    if load.chunk_tokens == 0 {
+                        load.chunk_tokens = chunk;
+                    }
+                    load
+                },
                 cached_tokens: None,
             })
             .collect()
@@ -164,11 +219,11 @@ impl Admission {
         // Under the placement lock: a burst's requests are placed one
         // after the other, each seeing where the ones before it went.
         let in_flight = req.chunks.and_then(|c| self.prefixes.best(c));
-        let mut views = self.views(&mut p, now, true);
+        let mut views = self.views(&mut p, now, true, req.chunk_tokens());
         if !views.iter().any(|v| v.healthy) {
             // Every worker is at its cap (one went down since the slot was
             // granted): place among the healthy ones regardless.
-            views = self.views(&mut p, now, false);
+            views = self.views(&mut p, now, false, req.chunk_tokens());
         }
         let shape = req.shape();
         let Placement {
@@ -177,42 +232,35 @@ impl Admission {
         } = p.placer.place(&views, &shape, Some(&prefix))?;
         if p.placer.policy() == PlacementPolicy::Adaptive
             && let Some(sib) = in_flight
-            && sib.worker != worker
             && views.get(sib.worker).is_some_and(|v| v.healthy)
         {
-            // The worker computing this prefix now: there the request
-            // waits for those chunks instead of computing them again.
-            // Elsewhere it recomputes the prefix, which costs that worker
-            // about the request's idle TTFT; go elsewhere only when the
-            // sibling's worker is slower by more than that (saturated).
-            let there = RequestShape {
-                cached_tokens: sib.cached_tokens as u64,
-                ..shape
-            };
-            // The sibling's chunks cross no link: there the request waits
-            // for the worker's compute backlog (the sibling's prefill is
-            // in it), then computes its own suffix.
-            let no_link = WorkerLoad {
-                bandwidth: f64::MAX,
-                ..views[sib.worker].load
-            };
-            let on_sibling = predict(&no_link, &there, &RateDefaults::default());
-            // A worker that has computed nothing yet is taken to be as fast
-            // as the sibling's, not as fast as the built-in defaults say:
-            // the fleet's workers are alike until measured otherwise.
-            let elsewhere = if views[worker].load.compute_a > 0.0 {
-                prediction
-            } else {
-                let alike = WorkerLoad {
-                    compute_a: no_link.compute_a,
-                    compute_b: no_link.compute_b,
-                    ..views[worker].load
-                };
-                predict(&alike, &shape, &RateDefaults::default())
-            };
-            if on_sibling.ttft <= elsewhere.ttft + elsewhere.idle_ttft {
-                worker = sib.worker;
+            let on_sibling = on_sibling(&views[sib.worker].load, &shape, &sib, req.cached_tokens);
+            if sib.worker == worker {
+                // The placer chose the sibling's worker anyway: what the
+                // request costs there is the suffix, not the prefix.
                 prediction = on_sibling;
+            } else {
+                // Elsewhere the request recomputes the prefix, which costs
+                // that worker about the request's idle TTFT; go elsewhere
+                // only when the sibling's worker is slower by more than
+                // that (saturated). A worker that has computed nothing yet
+                // is taken to be as fast as the sibling's, not as fast as
+                // the built-in defaults say: the fleet's workers are alike
+                // until measured otherwise.
+                let elsewhere = if views[worker].load.compute_a > 0.0 {
+                    prediction
+                } else {
+                    let alike = WorkerLoad {
+                        compute_a: views[sib.worker].load.compute_a,
+                        compute_b: views[sib.worker].load.compute_b,
+                        ..views[worker].load
+                    };
+                    predict(&alike, &shape, &RateDefaults::default())
+                };
+                if on_sibling.ttft <= elsewhere.ttft + elsewhere.idle_ttft {
+                    worker = sib.worker;
+                    prediction = on_sibling;
+                }
             }
         }
         p.next_id += 1;
@@ -245,7 +293,7 @@ impl Admission {
     pub fn estimate(&self, req: &PlaceRequest<'_>) -> Option<(Prediction, f64)> {
         let now = Instant::now();
         let mut p = self.place.lock().unwrap_or_else(|e| e.into_inner());
-        let views = self.views(&mut p, now, false);
+        let views = self.views(&mut p, now, false, req.chunk_tokens());
         drop(p);
         let rate = prefill_rate(
             views.iter().filter(|v| v.healthy).map(|v| &v.load),
@@ -253,5 +301,126 @@ impl Admission {
         );
         let placed = Placer::new(PlacementPolicy::Adaptive, 1).place(&views, &req.shape(), None)?;
         Some((placed.prediction, rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::admission::chunk_ids;
+    use crate::config::PolicyConfig;
+    use crate::worker::{MockOptions, MockWorker, WorkerPool};
+
+    const CHUNK: usize = 16;
+    const PREFIX: usize = 6 * CHUNK;
+
+    fn report(queued: u64, measured: bool) -> LoadReport {
+        LoadReport {
+            queued_compute_tokens: queued,
+            compute_a_s: if measured { 0.01 } else { 0.0 },
+            compute_b_s: if measured { 0.0001 } else { 0.0 },
+            bandwidth_bytes_per_s: 1e9,
+            kv_bytes_per_token: 1000,
+            chunk_tokens: CHUNK as u64,
+            ..LoadReport::default()
+        }
+    }
+
+    /// Two mock workers reporting `loads` (`None`: no report yet), and the
+    /// admission over them.
+    async fn fleet(loads: Option<[LoadReport; 2]>) -> (Arc<Admission>, Vec<MockWorker>) {
+        let mocks: Vec<MockWorker> = (0..2)
+            .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
+            .collect();
+        let slots = mocks
+            .iter()
+            .map(|m| {
+                WorkerSlot::new(
+                    Arc::new(m.clone()),
+                    Duration::from_secs(5),
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        let pool = Arc::new(WorkerPool::new(slots, 3));
+        if let Some(loads) = loads {
+            for (m, l) in mocks.iter().zip(loads) {
+                m.set_load(Some(l));
+            }
+            pool.check_all().await;
+        }
+        let adm = Arc::new(Admission::new(&PolicyConfig::default(), &[], pool));
+        (adm, mocks)
+    }
+
+    fn burst_prompt(i: u32) -> Vec<u32> {
+        let mut p: Vec<u32> = (0..PREFIX as u32).map(|t| (t * 7 + 3) % 200).collect();
+        p.extend((0..5).map(|j| 200 + 5 * i + j));
+        p
+    }
+
+    fn chunks(prompt: &[u32]) -> PrefixChunks {
+        let ids = chunk_ids("g", prompt, CHUNK);
+        PrefixChunks {
+            stored: vec![false; ids.len()],
+            cap: (prompt.len() - 1) / CHUNK,
+            ids,
+            chunk_tokens: CHUNK,
+        }
+    }
+
+    fn place(adm: &Arc<Admission>, prompt: &[u32]) -> (usize, Reservation) {
+        let c = chunks(prompt);
+        let req = PlaceRequest {
+            prompt,
+            cached_tokens: 0,
+            cache_group: "g",
+            chunks: Some(&c),
+        };
+        let (order, r, _) = adm.place(&req).unwrap();
+        let name = order[0].name().to_string();
+        (usize::from(name == "w1"), r)
+    }
+
+    /// A burst over one new prefix goes where the first of it went, also
+    /// after that worker reports the prefix in its queue (once, as the
+    /// engine counts it: its waiters do not count the shared chunks), and
+    /// whether or not the other worker has measured its rates, and before
+    /// any worker has reported at all.
+    #[tokio::test]
+    async fn a_burst_follows_the_worker_computing_its_prefix() {
+        for (case, loads) in [
+            ("both measured", Some([report(0, true), report(0, true)])),
+            ("one measured", Some([report(0, true), report(0, false)])),
+            ("no report yet", None),
+        ] {
+            let (adm, mocks) = fleet(loads).await;
+            let (first, r0) = place(&adm, &burst_prompt(0));
+            let mut held = vec![r0];
+            for i in 1..8 {
+                if i == 3 {
+                    // The sibling's worker reports: the prefix and the
+                    // suffixes queued so far.
+                    mocks[first].set_load(Some(report((PREFIX + 5 * 3) as u64, true)));
+                    adm.pool.check_all().await;
+                }
+                let (w, r) = place(&adm, &burst_prompt(i));
+                assert_eq!(w, first, "request {i} ({case})");
+                held.push(r);
+            }
+        }
+    }
+
+    /// A sibling's worker far behind (its queue many prefills deep) loses
+    /// the request to an idle one, which computes the prefix again.
+    #[tokio::test]
+    async fn a_saturated_sibling_worker_is_passed_over() {
+        let (adm, mocks) = fleet(Some([report(0, true), report(0, true)])).await;
+        let (first, _r0) = place(&adm, &burst_prompt(0));
+        mocks[first].set_load(Some(report(40 * PREFIX as u64, true)));
+        adm.pool.check_all().await;
+        let (w, _r1) = place(&adm, &burst_prompt(1));
+        assert_ne!(w, first);
     }
 }

@@ -73,16 +73,19 @@ impl InFlightPrefixes {
             .collect()
     }
 
-    /// The worker computing the most of `chunks` (beyond what is stored)
-    /// for requests in flight, and the tokens stored or computed there.
+    /// The worker that computes (or computed) the most of `chunks` for
+    /// requests in flight, and the tokens stored or computed there. A chunk
+    /// already stored still counts for its producer's worker: there a
+    /// sibling takes it from the producer with no link crossed, and a burst
+    /// that arrives after its prefix is stored still lands together.
     pub fn best(&self, chunks: &PrefixChunks) -> Option<InFlightPrefix> {
         let cap = chunks.cap.min(chunks.ids.len());
         let workers = self.workers(&chunks.ids[..cap]);
         let stored = |i: usize| chunks.stored.get(i) == Some(&true);
         let mut best: Option<(usize, usize)> = None;
-        for (i, w) in workers.iter().enumerate() {
+        for w in workers.iter() {
             let Some(w) = *w else { continue };
-            if stored(i) || best.is_some_and(|(b, _)| b == w) {
+            if best.is_some_and(|(b, _)| b == w) {
                 continue;
             }
             let n = (0..cap)
@@ -176,6 +179,21 @@ mod tests {
         let _b = reg.register(ids[2..5].to_vec(), 1);
         let best = reg.best(&chunks).unwrap();
         assert_eq!((best.worker, best.cached_tokens), (1, 4 * 8));
+    }
+
+    #[test]
+    fn a_stored_chunk_still_points_at_its_producer() {
+        let reg = Arc::new(InFlightPrefixes::default());
+        let ids = chunk_ids("g", &(0..50).collect::<Vec<u32>>(), 8);
+        let chunks = PrefixChunks {
+            ids: ids.clone(),
+            stored: vec![true; 6],
+            cap: 6,
+            chunk_tokens: 8,
+        };
+        let _a = reg.register(ids.clone(), 1);
+        let best = reg.best(&chunks).unwrap();
+        assert_eq!((best.worker, best.cached_tokens), (1, 6 * 8));
     }
 
     #[test]
