@@ -19,6 +19,7 @@
 #   scripts/reuse-bench.sh
 #   CAKE=/path/to/other/cake OUT_DIR=before scripts/reuse-bench.sh   # another build of the server
 #   SERVE_ARGS="--model /path/to/model.gguf" scripts/reuse-bench.sh  # a real model
+#   PARTS="burst" scripts/reuse-bench.sh                             # some parts only (repeat burst chat)
 set -euo pipefail
 
 BIN=${BIN:-target/release}
@@ -27,6 +28,7 @@ LOADTEST=${LOADTEST:-$BIN/cake-loadtest}
 OUT=${OUT_DIR:-reuse-results}
 PORT=${PORT:-8111}
 SERVE_ARGS=${SERVE_ARGS:-}
+PARTS=${PARTS:-repeat burst chat}
 URL=http://127.0.0.1:$PORT
 mkdir -p "$OUT"
 tmp=$(mktemp -d)
@@ -58,6 +60,9 @@ stop() {
   server=""
 }
 
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if part repeat; then
 echo "== 1. the same long prompt, sent again at once"
 start repeat
 python3 - "$URL" <<'EOF' | tee "$OUT/repeat.txt"
@@ -75,7 +80,9 @@ for attempt in ("first", "again at once"):
           f"{took * 1000:.0f} ms")
 EOF
 stop
+fi
 
+if part burst; then
 echo "== 2. fan-out: waves of 8 over a new document each, then waves of 1"
 start burst
 "$LOADTEST" --target "$URL" --workload config/workloads/burst.toml --quiet \
@@ -96,10 +103,13 @@ start burst2 --config "$tmp/two.toml"
 curl -s "$URL/metrics" | grep -E '^cake_(worker_requests|gateway_computed_tokens)_total' \
   | tee "$OUT/burst2-metrics.txt"
 stop
+fi
 
+if part chat; then
 echo "== 3. closed-loop chat, turns back to back"
 start chat
 "$LOADTEST" --target "$URL" --endpoint chat --workload config/workloads/chat.toml --quiet \
   --json "$OUT/chat.json" | tee "$OUT/chat.txt"
 stop
+fi
 echo "reuse-bench: results in $OUT/"
