@@ -9,7 +9,7 @@ use std::time::Instant;
 use cake_policy::{ChunkCost, simulate_cake};
 use tokio::sync::mpsc;
 
-use super::loader::{IoJob, IoOrder, LoadPlan, Slot, run_io};
+use super::loader::{IoJob, IoOrder, LoadPlan, Source, run_io};
 use super::scheduler::{Msg, Scheduler, Shared};
 use super::seq::{Phase, Seq, generate_options};
 use super::siblings::{ProducerId, Siblings};
@@ -296,38 +296,44 @@ impl Engine {
         let cap = self.cap(req.prompt.len()).min(lookup.keys.len());
         let mut produces = Vec::new();
         let mut reg = inner.siblings.planning();
-        let mut slots: Vec<Slot> = Vec::with_capacity(cap);
+        let mut slots: Vec<Source> = Vec::with_capacity(cap);
         for (i, key) in lookup.keys.iter().enumerate() {
             if lookup.stored[i] {
                 // Others load it from the store; this one maybe too.
                 if i < cap {
-                    slots.push(if use_store { Slot::Stored } else { Slot::Hole });
+                    slots.push(if use_store {
+                        Source::Stored
+                    } else {
+                        Source::Hole
+                    });
                 }
                 continue;
             }
             match reg.producer(key) {
-                Some(running) if i < cap && !logprobs => slots.push(Slot::Sibling(running)),
+                Some(running) if i < cap && !logprobs => slots.push(Source::Sibling(running)),
                 _ => {
                     reg.produce(*key, i, &producer);
                     produces.push(*key);
                     if i < cap {
-                        slots.push(Slot::Hole);
+                        slots.push(Source::Hole);
                     }
                 }
             }
         }
-        let from_elsewhere = |s: &Slot| matches!(s, Slot::Stored | Slot::Sibling(_));
-        let has_plan = slots.iter().any(from_elsewhere);
-        let mut cached_end = slots.iter().rposition(from_elsewhere).map_or(0, |i| i + 1);
+        let has_plan = slots.iter().any(Source::comes_from_elsewhere);
+        let mut cached_end = slots
+            .iter()
+            .rposition(Source::comes_from_elsewhere)
+            .map_or(0, |i| i + 1);
         if !use_store {
             // Compute-only still ranks its stored prefix as Cake's compute
             // side, as with the store.
             cached_end = cached_end.max(lookup.cached_end);
         }
         slots.truncate(cached_end);
-        let n_stored = slots.iter().filter(|s| matches!(s, Slot::Stored)).count();
+        let n_stored = slots.iter().filter(|s| matches!(s, Source::Stored)).count();
         let siblings: Vec<usize> = (0..cached_end)
-            .filter(|&i| matches!(slots[i], Slot::Sibling(_)))
+            .filter(|&i| matches!(slots[i], Source::Sibling(_)))
             .collect();
         let class = if lookup.stored[..lookup.cached_end].contains(&true) || !siblings.is_empty() {
             RequestClass::Cached
@@ -337,7 +343,7 @@ impl Engine {
         if logprobs || (n_stored == 0 && siblings.is_empty()) {
             strategy = Strategy::Compute;
         }
-        let plan = has_plan.then(|| LoadPlan::from_slots(slots));
+        let plan = has_plan.then(|| LoadPlan::from_sources(slots));
         if let Some(p) = &plan {
             for &i in &siblings {
                 reg.wait(&lookup.keys[i], p, i);
@@ -364,7 +370,7 @@ impl Engine {
                     IoOrder::BackToFront
                 },
                 depth: inner.cfg.io_queue_depth,
-                meter: inner.shared.clone(),
+                meter: inner.shared.io.clone(),
                 chunk_bytes,
                 planned_chunks: n_stored as u64,
                 wake: Arc::new(move || engine.send(Msg::Wake)),

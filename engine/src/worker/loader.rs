@@ -13,12 +13,33 @@ use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 
-use super::scheduler::Shared;
+use super::stats::IoMeter;
 use crate::EngineError;
 use crate::cache::DeviceChunk;
 use crate::kv::{ChunkContext, ChunkKey, KvStore, load_chunk_to};
 
-/// One chunk of the cached range.
+/// Where a chunk of the cached range comes from, as planning found it.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// Stored: the I/O side may load it.
+    Stored,
+    /// Nowhere: only compute can fill it.
+    Hole,
+    /// Being computed by another request on this worker (`running`: the
+    /// scheduler runs it now).
+    Sibling(Arc<AtomicBool>),
+}
+
+impl Source {
+    /// Whether the chunk may come from somewhere other than compute.
+    pub(crate) fn comes_from_elsewhere(&self) -> bool {
+        matches!(self, Source::Stored | Source::Sibling(_))
+    }
+}
+
+/// One chunk of the cached range: the claim protocol's state, private to
+/// this module (the compute side and the I/O side go through
+/// [`LoadPlan`]'s methods).
 #[derive(Debug)]
 pub(crate) enum Slot {
     /// Stored and not claimed yet.
@@ -81,16 +102,24 @@ pub(crate) struct LoadPlan {
 impl LoadPlan {
     #[cfg(test)]
     pub(crate) fn new(stored: &[bool]) -> Arc<LoadPlan> {
-        LoadPlan::from_slots(
+        LoadPlan::from_sources(
             stored
                 .iter()
-                .map(|&s| if s { Slot::Stored } else { Slot::Hole })
+                .map(|&s| if s { Source::Stored } else { Source::Hole })
                 .collect(),
         )
     }
 
-    /// A plan whose slots start as given (stored, hole or sibling).
-    pub(crate) fn from_slots(slots: Vec<Slot>) -> Arc<LoadPlan> {
+    /// A plan whose chunks start as planning found them.
+    pub(crate) fn from_sources(sources: Vec<Source>) -> Arc<LoadPlan> {
+        let slots = sources
+            .into_iter()
+            .map(|s| match s {
+                Source::Stored => Slot::Stored,
+                Source::Hole => Slot::Hole,
+                Source::Sibling(running) => Slot::Sibling(running),
+            })
+            .collect();
         Arc::new(LoadPlan {
             slots: Mutex::new(slots),
             cancelled: AtomicBool::new(false),
@@ -216,7 +245,13 @@ impl LoadPlan {
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
+    /// The slots themselves, for tests that set up or check a state.
+    #[cfg(test)]
+    pub(crate) fn slots_for_test(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.lock()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
         // A poisoned lock means a panic elsewhere; the slots themselves are
         // always in a consistent state between statements.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -269,7 +304,7 @@ pub(crate) struct IoJob {
     pub ctx: ChunkContext,
     pub order: IoOrder,
     pub depth: usize,
-    pub meter: Arc<Shared>,
+    pub meter: Arc<IoMeter>,
     pub chunk_bytes: u64,
     /// Chunks counted as queued I/O when the job was planned.
     pub planned_chunks: u64,
@@ -319,7 +354,7 @@ pub(crate) async fn run_io(job: IoJob) {
     let mut aborts: Vec<(usize, AbortHandle)> = Vec::new();
     let mut exhausted = false;
     let mut issued = 0u64;
-    let io = &job.meter.io;
+    let io = &*job.meter;
     let mut primed = job.primed.clone().into_iter();
     loop {
         while !exhausted && inflight.len() < job.depth && !job.plan.cancelled() {
@@ -362,12 +397,12 @@ pub(crate) async fn run_io(job: IoJob) {
             let bytes = job.chunk_bytes;
             let device = job.device;
             issued += 1;
-            meter.io.begin();
+            meter.begin();
             let (handle, registration) = AbortHandle::new_pair();
             aborts.push((i, handle));
             let load = async move {
                 let chunk = load_chunk_to(store.as_ref(), key, &ctx, i as u32, device).await;
-                meter.io.end(bytes, chunk.is_some());
+                meter.end(bytes, chunk.is_some());
                 chunk
             };
             inflight.push(async move { (i, Abortable::new(load, registration).await) });

@@ -29,7 +29,7 @@ pub(crate) enum Msg {
 /// State the scheduler, the I/O tasks and the engine's handles share.
 pub(crate) struct Shared {
     pub compute: ComputeMeter,
-    pub io: IoMeter,
+    pub io: Arc<IoMeter>,
     pub queued_compute_tokens: AtomicU64,
     /// Requests submitted and not yet finished or cancelled.
     pub running: AtomicU64,
@@ -41,7 +41,7 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             compute: ComputeMeter::default(),
-            io: IoMeter::default(),
+            io: Arc::default(),
             queued_compute_tokens: AtomicU64::new(0),
             running: AtomicU64::new(0),
             steps: Mutex::new(VecDeque::new()),

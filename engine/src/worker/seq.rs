@@ -469,24 +469,24 @@ mod tests {
 
         assert_eq!(seq.next(&never, C - 1).unwrap(), Next::NoRoom);
         assert!(
-            matches!(plan.lock()[0], Slot::Stored),
+            matches!(plan.slots_for_test()[0], Slot::Stored),
             "claimed without room"
         );
         let chunk0 = Next::Prefill { start: 0, end: C };
         assert_eq!(seq.next(&never, C).unwrap(), chunk0);
-        assert!(matches!(plan.lock()[0], Slot::Computing));
+        assert!(matches!(plan.slots_for_test()[0], Slot::Computing));
 
         // A chunk being loaded is not taken over without room either.
         seq.front = 1;
-        plan.lock()[1] = Slot::Loading(Instant::now());
+        plan.slots_for_test()[1] = Slot::Loading(Instant::now());
         assert_eq!(seq.next(&always, C - 1).unwrap(), Next::Blocked);
-        assert!(matches!(plan.lock()[1], Slot::Loading(_)));
+        assert!(matches!(plan.slots_for_test()[1], Slot::Loading(_)));
         let chunk1 = Next::Prefill {
             start: C,
             end: 2 * C,
         };
         assert_eq!(seq.next(&always, C).unwrap(), chunk1);
-        assert!(matches!(plan.lock()[1], Slot::Computing));
+        assert!(matches!(plan.slots_for_test()[1], Slot::Computing));
     }
 
     /// Landed chunks at the front are taken in before the step is ranked;
@@ -501,13 +501,13 @@ mod tests {
                 crate::cache::DeviceChunk::from_planes(layout, C, Device::Cpu, |_, _| {}).unwrap(),
             )
         };
-        plan.lock()[0] = landed();
-        plan.lock()[2] = landed();
+        plan.slots_for_test()[0] = landed();
+        plan.slots_for_test()[2] = landed();
         seq.take_loaded().unwrap();
         assert_eq!((seq.front, seq.loaded_tokens, seq.cache.len()), (1, C, C));
-        assert!(matches!(plan.lock()[1], Slot::Stored));
-        assert!(matches!(plan.lock()[2], Slot::Loaded(_)));
-        plan.lock()[1] = landed();
+        assert!(matches!(plan.slots_for_test()[1], Slot::Stored));
+        assert!(matches!(plan.slots_for_test()[2], Slot::Loaded(_)));
+        plan.slots_for_test()[1] = landed();
         seq.take_loaded().unwrap();
         assert_eq!((seq.front, seq.loaded_tokens), (3, 3 * C));
     }
@@ -521,8 +521,8 @@ mod tests {
         let layout = seq.cache.layout();
         assert_eq!(seq.remaining_compute_tokens(), 4 * C);
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        plan.lock()[0] = Slot::Sibling(running.clone());
-        plan.lock()[1] = Slot::Shared(
+        plan.slots_for_test()[0] = Slot::Sibling(running.clone());
+        plan.slots_for_test()[1] = Slot::Shared(
             crate::cache::DeviceChunk::from_planes(layout, C, Device::Cpu, |_, _| {}).unwrap(),
         );
         assert_eq!(seq.remaining_compute_tokens(), 2 * C);

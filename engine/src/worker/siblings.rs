@@ -224,7 +224,7 @@ mod tests {
 
     use super::*;
     use crate::cache::KvLayout;
-    use crate::worker::loader::{Front, Slot};
+    use crate::worker::loader::{Front, Source};
     use cake_kernels::Device;
 
     fn producer(serial: u64) -> ProducerId {
@@ -246,7 +246,7 @@ mod tests {
     fn waiter(reg: &Siblings, key: ChunkKey) -> Arc<LoadPlan> {
         let mut planning = reg.planning();
         let running = planning.producer(&key).unwrap();
-        let plan = LoadPlan::from_slots(vec![Slot::Sibling(running)]);
+        let plan = LoadPlan::from_sources(vec![Source::Sibling(running)]);
         planning.wait(&key, &plan, 0);
         plan
     }
