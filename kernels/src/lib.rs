@@ -31,7 +31,7 @@ pub use error::KernelError;
 pub use mapped::MappedFile;
 pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};
-pub use tensor::{Device, Mark, Tensor};
+pub use tensor::{DType, Device, Mark, Tensor};
 
 /// The devices a test should run its body on: the CPU, and `cuda:0` when
 /// this build has the `cuda` feature and a GPU answers (the reason it does
