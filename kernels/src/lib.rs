@@ -80,5 +80,17 @@ pub fn device_gemm_gflops(
     }
 }
 
+/// Runs `f` on one of the CPU backend's worker threads (rayon's pool),
+/// so the ops inside it start their parallel parts from there: a decode
+/// step makes hundreds of small calls, and from a thread outside the pool
+/// each one would be handed over and waited for (a wake-up per op). Just
+/// calls `f` when already on a worker. Results do not depend on where `f`
+/// runs.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.unwrap_or_else(|| unreachable!("rayon::scope runs its body before returning"))
+}
+
 /// Result of a kernel call.
 pub type Result<T> = std::result::Result<T, KernelError>;
