@@ -13,6 +13,9 @@
 //! performs the same operations in the same order (also built for AVX2 +
 //! FMA, for x86 CPUs without AVX-512), so all give the same
 //! bits (`CAKE_KERNELS_ISA=avx512|fma|portable` picks one the CPU supports).
+//! Matmul weights may be held in their 16-bit type ([`Tensor::weight_half`]):
+//! a decode step then reads half the bytes, and since widening is exact the
+//! results are the bits f32 weights with the same values give.
 //!
 //! This crate depends on no other workspace crate.
 #![allow(unsafe_code)]
