@@ -28,3 +28,4 @@ pub use model::{BatchItem, Logits, Model, PrefillOutput, Profile};
 pub use rng::Rng;
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{DecodeStream, Tokenizer};
+pub use weights::WeightsDtype;

@@ -9,7 +9,7 @@ use cake_kernels::{Device, RopeTable, Tensor, ops};
 use crate::EngineError;
 use crate::cache::{DeviceChunk, KvCache, KvLayout};
 use crate::config::LlamaConfig;
-use crate::weights::{Checkpoint, TensorSource};
+use crate::weights::{Checkpoint, Loaded, TensorSource, WeightsDtype};
 
 struct Layer {
     input_norm: Tensor,
@@ -194,15 +194,25 @@ pub struct PrefillOutput {
 
 impl Model {
     /// Loads a Hugging Face checkpoint folder (`config.json` and
-    /// `model.safetensors` or its shards), or a GGUF file.
+    /// `model.safetensors` or its shards), or a GGUF file, with the
+    /// weights held as [`WeightsDtype::Auto`] says.
     pub fn load(dir: &Path, device: Device) -> Result<Model, EngineError> {
+        Model::load_with(dir, device, WeightsDtype::Auto)
+    }
+
+    /// [`Model::load`] with the matmul weights held as `weights` says.
+    pub fn load_with(
+        dir: &Path,
+        device: Device,
+        weights: WeightsDtype,
+    ) -> Result<Model, EngineError> {
         if crate::gguf::is_gguf(dir) {
             let file = crate::gguf::GgufFile::open(dir)?;
             let cfg = crate::gguf::config(&file)?;
-            let weights = crate::gguf::GgufWeights::new(&file, &cfg)?;
+            let source = crate::gguf::GgufWeights::new(&file, &cfg, weights)?;
             let rope = crate::gguf::rope_with_factors(&file, &cfg)?;
             let text = format!("gguf:{cfg:?}");
-            return Model::from_checkpoint(cfg, &weights, device, &text, rope);
+            return Model::from_checkpoint(cfg, &source, device, weights, &text, rope);
         }
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::Checkpoint {
@@ -211,13 +221,14 @@ impl Model {
         })?;
         let cfg = LlamaConfig::from_json(&text)?;
         let ckpt = Checkpoint::open(dir)?;
-        Model::from_checkpoint(cfg, &ckpt, device, &text, None)
+        Model::from_checkpoint(cfg, &ckpt, device, weights, &text, None)
     }
 
     fn from_checkpoint(
         cfg: LlamaConfig,
         ckpt: &dyn TensorSource,
         device: Device,
+        weights: WeightsDtype,
         config_text: &str,
         // A rotary table other than the config's (a GGUF file's factors).
         rope: Option<RopeTable>,
@@ -228,10 +239,13 @@ impl Model {
         let t = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
             Ok(Tensor::from_vec(ckpt.load(name, shape)?, shape, device)?)
         };
-        // Matmul weights: bf16 on a GPU (cuBLAS, f32 accumulation), f32 on
-        // the CPU.
+        // Matmul weights: bf16 on a GPU (cuBLAS, f32 accumulation); on the
+        // CPU as `weights` says (16-bit ones are widened as they are read).
         let w = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
-            Ok(Tensor::weight(ckpt.load(name, shape)?, shape, device)?)
+            Ok(match ckpt.load_weight(name, shape, weights)? {
+                Loaded::F32(v) => Tensor::weight(v, shape, device)?,
+                Loaded::Half { bits, bf16 } => Tensor::weight_half(bits, bf16, shape, device)?,
+            })
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
@@ -274,12 +288,24 @@ impl Model {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"cake-model-fingerprint-v1\0");
         hasher.update(config_text.as_bytes());
+        // `auto` and `f32` compute the same bits; `bf16` may round the
+        // weights, so its KV must not be mistaken for theirs.
+        if weights == WeightsDtype::Bf16 {
+            hasher.update(b"weights:bf16\n");
+        }
         for (name, dtype, shape) in ckpt.metadata() {
             hasher.update(format!("{name}:{dtype}:{shape:?}\n").as_bytes());
         }
+        // The embedding is a matmul weight too when it is the LM head; on
+        // a GPU its lookups need f32.
+        let embed = if device.is_cpu() {
+            w("model.embed_tokens.weight", &[v, h])?
+        } else {
+            t("model.embed_tokens.weight", &[v, h])?
+        };
         Ok(Model {
             rope: rope.unwrap_or_else(|| cfg.rope.table(cfg.head_dim)),
-            embed: t("model.embed_tokens.weight", &[v, h])?,
+            embed,
             norm: t("model.norm.weight", &[h])?,
             layers,
             lm_head,
@@ -295,6 +321,43 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Bytes of weights one decode step reads, as the model holds them:
+    /// every matrix of the layers and the LM head (the tied embedding
+    /// when there is none), the norms and biases; not the embedding's
+    /// few looked-up rows.
+    pub fn step_weight_bytes(&self) -> u64 {
+        let mut n = self.norm.stored_bytes();
+        for l in &self.layers {
+            for t in [
+                &l.input_norm,
+                &l.wq,
+                &l.wk,
+                &l.wv,
+                &l.wo,
+                &l.post_norm,
+                &l.w_gate,
+                &l.w_up,
+                &l.w_down,
+            ] {
+                n += t.stored_bytes();
+            }
+            n += l
+                .bias
+                .iter()
+                .flatten()
+                .map(Tensor::stored_bytes)
+                .sum::<usize>();
+            n += l
+                .qk_norm
+                .iter()
+                .flatten()
+                .map(Tensor::stored_bytes)
+                .sum::<usize>();
+        }
+        n += self.lm_head.as_ref().unwrap_or(&self.embed).stored_bytes();
+        n as u64
     }
 
     /// Identifies the model for KV cache keys: a hash of its config and its
@@ -372,7 +435,19 @@ impl Model {
     /// RoPE and attention run per item, against that item's cache. Rows do
     /// not depend on the batch (the CPU GEMM's rows are independent of its
     /// row count), so a batched row is bitwise the row run alone on the CPU.
+    ///
+    /// The whole pass runs on a compute thread
+    /// ([`cake_kernels::on_compute_threads`]): one hand-over a step rather
+    /// than one per op.
     fn forward_hidden_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+        prof: Option<&mut Profile>,
+    ) -> Result<Tensor, EngineError> {
+        cake_kernels::on_compute_threads(|| self.forward_hidden_batch_here(items, prof))
+    }
+
+    fn forward_hidden_batch_here(
         &self,
         items: &mut [BatchItem<'_>],
         prof: Option<&mut Profile>,

@@ -110,7 +110,7 @@ pub fn start_engines(
     let device = pick_device(&cfg.engine.device)
         .map_err(|e| model_err(dir, format!("engine.device = {:?}: {e}", cfg.engine.device)))?;
     tracing::info!(model = %dir.display(), "loading the model");
-    let model = Arc::new(Model::load(dir, device)?);
+    let model = Arc::new(Model::load_with(dir, device, cfg.engine.weights)?);
     let tokenizer = Arc::new(Tokenizer::load(dir)?);
     let store = cake_engine::kv::build_store(&cfg.kv, &cfg.data_dir())?;
     names

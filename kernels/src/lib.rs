@@ -13,6 +13,9 @@
 //! performs the same operations in the same order (also built for AVX2 +
 //! FMA, for x86 CPUs without AVX-512), so all give the same
 //! bits (`CAKE_KERNELS_ISA=avx512|fma|portable` picks one the CPU supports).
+//! Matmul weights may be held in their 16-bit type ([`Tensor::weight_half`]):
+//! a decode step then reads half the bytes, and since widening is exact the
+//! results are the bits f32 weights with the same values give.
 //!
 //! This crate depends on no other workspace crate.
 #![allow(unsafe_code)]
@@ -31,7 +34,7 @@ pub use error::KernelError;
 pub use mapped::MappedFile;
 pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};
-pub use tensor::{Device, Mark, Tensor};
+pub use tensor::{DType, Device, Mark, Tensor};
 
 /// The devices a test should run its body on: the CPU, and `cuda:0` when
 /// this build has the `cuda` feature and a GPU answers (the reason it does
@@ -78,6 +81,18 @@ pub fn device_gemm_gflops(
         #[cfg(feature = "cuda")]
         Device::Cuda(o) => cuda::backend(o)?.bench_gemm_bf16(m, k, n, iters),
     }
+}
+
+/// Runs `f` on one of the CPU backend's worker threads (rayon's pool),
+/// so the ops inside it start their parallel parts from there: a decode
+/// step makes hundreds of small calls, and from a thread outside the pool
+/// each one would be handed over and waited for (a wake-up per op). Just
+/// calls `f` when already on a worker. Results do not depend on where `f`
+/// runs.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.unwrap_or_else(|| unreachable!("rayon::scope runs its body before returning"))
 }
 
 /// Result of a kernel call.

@@ -7,31 +7,46 @@ use crate::{KernelError, Result, RopeTable, Tensor, cpu, tensor::Device};
 #[cfg(feature = "cuda")]
 use crate::cuda::{self, Buf};
 
+/// The one device all of `ts` live on. On the CPU every one must be f32
+/// (16-bit weights go only to [`matmul_t`] and [`embedding`], which check
+/// them apart).
 fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     let d = ts.first().map(|t| t.device()).unwrap_or_default();
     if ts.iter().any(|t| t.device() != d) {
         return Err(KernelError::Device { op });
     }
+    if ts.iter().any(|t| t.cpu_half().is_some()) {
+        return Err(KernelError::Dtype { op });
+    }
     Ok(d)
 }
 
 /// `x[m, k] · w[n, k]ᵀ → [m, n]`: a linear layer with weights in the
-/// Hugging Face `[out_features, in_features]` layout.
+/// Hugging Face `[out_features, in_features]` layout. `w` may be f32 or,
+/// on the CPU, a 16-bit weight ([`Tensor::weight_half`]), read as it is
+/// stored and widened exactly.
 ///
 /// Deterministic: each output element is one chain of fused multiply-adds
 /// in `k` order starting from `+0.0`, so row `i` of the result has the same
-/// bits whatever `m` is (1 row or a whole chunk), however many threads run
-/// and whichever instruction set is used.
+/// bits whatever `m` is (1 row or a whole chunk), however many threads run,
+/// whichever instruction set is used, and whether `w` is held in f32 or in
+/// 16 bits (same values, same bits).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (xs, ws) = (x.shape(), w.shape());
     if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
         return Err(shape_err("matmul_t", format!("x {xs:?} · w {ws:?}ᵀ")));
     }
     let (m, k, n) = (xs[0], xs[1], ws[0]);
-    match same_device("matmul_t", &[x, w])? {
+    if x.device() != w.device() {
+        return Err(KernelError::Device { op: "matmul_t" });
+    }
+    match same_device("matmul_t", &[x])? {
         Device::Cpu => {
             let mut out = vec![0.0; m * n];
-            cpu::matmul_t(x.cpu(), w.cpu(), &mut out, m, k, n);
+            match w.cpu_half() {
+                Some(h) => cpu::matmul_t_half(x.cpu(), h, &mut out, m),
+                None => cpu::matmul_t(x.cpu(), w.cpu(), &mut out, m, k, n),
+            }
             Tensor::from_vec(out, &[m, n], Device::Cpu)
         }
         #[cfg(feature = "cuda")]
@@ -59,9 +74,10 @@ pub fn matmul_t_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             return Err(shape_err("matmul_t", format!("x {xs:?} · w {s:?}ᵀ")));
         }
     }
-    let mut all = vec![x];
-    all.extend(ws.iter().copied());
-    match same_device("matmul_t", &all)? {
+    if ws.iter().any(|w| w.device() != x.device()) {
+        return Err(KernelError::Device { op: "matmul_t" });
+    }
+    match same_device("matmul_t", &[x])? {
         Device::Cpu => ws.iter().map(|w| matmul_t(x, w)).collect(),
         #[cfg(feature = "cuda")]
         Device::Cuda(o) => {
@@ -123,7 +139,7 @@ pub fn rope_inplace(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()
             format!("x {xs:?} with head_dim {}", table.head_dim()),
         ));
     }
-    match x.device() {
+    match same_device("rope", &[x])? {
         Device::Cpu => {
             cpu::rope(x.cpu_mut(), xs[1], xs[2], pos0, table.inv_freq());
             Ok(())
@@ -198,7 +214,7 @@ pub fn add_inplace(x: &mut Tensor, y: &Tensor) -> Result<()> {
 /// Softmax of each row of `x[.., d]`, in place.
 pub fn softmax_inplace(x: &mut Tensor) -> Result<()> {
     let d = *x.shape().last().unwrap_or(&0);
-    match x.device() {
+    match same_device("softmax", &[x])? {
         Device::Cpu => {
             if d > 0 {
                 x.cpu_mut().chunks_mut(d).for_each(cpu::softmax_row);
@@ -217,7 +233,8 @@ pub fn softmax_inplace(x: &mut Tensor) -> Result<()> {
     }
 }
 
-/// Rows of the embedding table `table[vocab, d]` for `ids`.
+/// Rows of the embedding table `table[vocab, d]` for `ids` (f32, or a
+/// 16-bit weight on the CPU, widened: a tied LM head).
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let ts = table.shape();
     if ts.len() != 2 {
@@ -235,7 +252,10 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
             let t = table.cpu();
             let mut out = Vec::with_capacity(ids.len() * d);
             for &i in ids {
-                out.extend_from_slice(&t[i as usize * d..(i as usize + 1) * d]);
+                match table.cpu_half() {
+                    Some(h) => h.row_f32(i as usize, &mut out),
+                    None => out.extend_from_slice(&t[i as usize * d..(i as usize + 1) * d]),
+                }
             }
             Tensor::from_vec(out, &[ids.len(), d], Device::Cpu)
         }

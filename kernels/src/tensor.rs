@@ -1,3 +1,4 @@
+use crate::cpu::PackedHalf;
 use crate::{KernelError, Result, error::shape_err};
 
 #[cfg(feature = "cuda")]
@@ -143,9 +144,22 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// How a tensor's values are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    /// bfloat16: a matmul weight (on the CPU in its 16-bit type, see
+    /// [`Tensor::weight_half`]; on a GPU every matmul weight).
+    Bf16,
+    /// IEEE half: a matmul weight on the CPU.
+    F16,
+}
+
 #[derive(Debug, Clone)]
 enum Storage {
     Cpu(Vec<f32>),
+    /// A matmul weight in 16 bits, grouped for the kernels (`cpu/packed.rs`).
+    CpuHalf(PackedHalf),
     #[cfg(feature = "cuda")]
     Cuda {
         ordinal: usize,
@@ -154,7 +168,8 @@ enum Storage {
 }
 
 /// A dense, row-major tensor on one device: f32, except matmul weights on
-/// a GPU, which are held as bf16 (see [`Tensor::weight`]).
+/// a GPU, which are held as bf16 (see [`Tensor::weight`]), and 16-bit
+/// matmul weights on the CPU (see [`Tensor::weight_half`]).
 #[derive(Debug, Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -241,6 +256,78 @@ impl Tensor {
         }
     }
 
+    /// A matmul weight `[out, in]` kept in its 16-bit type (`bf16` true:
+    /// bfloat16, else IEEE half), `bits` row-major. On the CPU it stays 16
+    /// bits, regrouped for the kernels, so a decode step reads half the
+    /// bytes of f32 weights; [`ops::matmul_t`](crate::ops::matmul_t)
+    /// widens it exactly, so results are the bits f32 weights holding the
+    /// same values give. [`ops::embedding`](crate::ops::embedding) reads
+    /// its rows (a tied LM head). Other ops do not take it. On a GPU it is
+    /// uploaded as bf16 (f16 is rounded to bf16, as [`Tensor::weight`]
+    /// does).
+    pub fn weight_half(
+        bits: Vec<u16>,
+        bf16: bool,
+        shape: &[usize],
+        device: Device,
+    ) -> Result<Tensor> {
+        check_len("weight_half", shape, bits.len())?;
+        if shape.len() != 2 {
+            return Err(shape_err(
+                "weight_half",
+                format!("shape {shape:?}: a matmul weight is [out, in]"),
+            ));
+        }
+        let storage = match device {
+            Device::Cpu => Storage::CpuHalf(PackedHalf::from_rows(&bits, bf16, shape[0], shape[1])),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(o) => {
+                let bits = if bf16 {
+                    bits
+                } else {
+                    bits.iter()
+                        .map(|&b| to_bf16_bits(half_to_f32(b, false)))
+                        .collect()
+                };
+                Storage::Cuda {
+                    ordinal: o,
+                    buf: Buf::Bf16(cuda::backend(o)?.upload_bf16(&bits)?),
+                }
+            }
+        };
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+
+    /// How the values are held.
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Cpu(_) => DType::F32,
+            Storage::CpuHalf(h) if h.bf16 => DType::Bf16,
+            Storage::CpuHalf(_) => DType::F16,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda {
+                buf: Buf::F32(_), ..
+            } => DType::F32,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda {
+                buf: Buf::Bf16(_), ..
+            } => DType::Bf16,
+        }
+    }
+
+    /// Bytes the values take where they live (what one pass over the
+    /// tensor reads).
+    pub fn stored_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::CpuHalf(h) => h.bytes(),
+            _ if self.dtype() == DType::F32 => 4 * self.len(),
+            _ => 2 * self.len(),
+        }
+    }
+
     /// Copies host data in for use by later ops; on a GPU the copy runs on
     /// the copy stream from pinned buffers, overlapping the compute stream,
     /// and the ops that read the tensor wait for it (an event marks it).
@@ -320,7 +407,7 @@ impl Tensor {
 
     pub fn device(&self) -> Device {
         match self.storage {
-            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cpu(_) | Storage::CpuHalf(_) => Device::Cpu,
             #[cfg(feature = "cuda")]
             Storage::Cuda { ordinal, .. } => Device::Cuda(ordinal),
         }
@@ -343,6 +430,7 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
+            Storage::CpuHalf(h) => Ok(h.to_f32()),
             #[cfg(feature = "cuda")]
             Storage::Cuda { ordinal, buf } => cuda::backend(*ordinal)?.download(buf),
         }
@@ -352,30 +440,30 @@ impl Tensor {
     pub fn into_vec(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::CpuHalf(h) => Ok(h.to_f32()),
             #[cfg(feature = "cuda")]
             Storage::Cuda { ordinal, buf } => cuda::backend(ordinal)?.download(&buf),
         }
     }
 
-    /// Host slice, when the tensor lives in host memory.
+    /// Host slice, when the tensor is f32 in host memory.
     pub fn as_slice(&self) -> Option<&[f32]> {
         match &self.storage {
             Storage::Cpu(v) => Some(v),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => None,
+            _ => None,
         }
     }
 
-    /// Mutable host slice, when the tensor lives in host memory.
+    /// Mutable host slice, when the tensor is f32 in host memory.
     pub fn as_mut_slice(&mut self) -> Option<&mut [f32]> {
         match &mut self.storage {
             Storage::Cpu(v) => Some(v),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => None,
+            _ => None,
         }
     }
 
-    /// Rows `start..end` along the first dimension, copied.
+    /// Rows `start..end` along the first dimension, copied (as f32 for a
+    /// 16-bit weight).
     pub fn rows(&self, start: usize, end: usize) -> Result<Tensor> {
         let rows = self.shape.first().copied().unwrap_or(0);
         if start > end || end > rows {
@@ -389,6 +477,11 @@ impl Tensor {
         shape[0] = end - start;
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(v[start * row..end * row].to_vec()),
+            Storage::CpuHalf(h) => {
+                let mut v = Vec::with_capacity((end - start) * row);
+                (start..end).for_each(|r| h.row_f32(r, &mut v));
+                Storage::Cpu(v)
+            }
             #[cfg(feature = "cuda")]
             Storage::Cuda { ordinal, buf } => Storage::Cuda {
                 ordinal: *ordinal,
@@ -408,6 +501,9 @@ impl Tensor {
         let device = first.device();
         let mut rows = 0;
         for p in parts {
+            if matches!(p.storage, Storage::CpuHalf(_)) {
+                return Err(KernelError::Dtype { op: "cat_rows" });
+            }
             if p.shape.is_empty() || &p.shape[1..] != tail || p.device() != device {
                 return Err(shape_err(
                     "cat_rows",
@@ -437,7 +533,7 @@ impl Tensor {
                     .iter()
                     .filter_map(|p| match &p.storage {
                         Storage::Cuda { buf, .. } => Some(buf),
-                        Storage::Cpu(_) => None,
+                        _ => None,
                     })
                     .collect();
                 Storage::Cuda {
@@ -449,21 +545,27 @@ impl Tensor {
         Ok(Tensor { shape, storage })
     }
 
-    /// Host data; empty for a tensor elsewhere (ops call this only in
-    /// their CPU arm, after checking the device).
+    /// Host f32 data; empty for a tensor elsewhere or in 16 bits (ops
+    /// call this only in their CPU arm, after checking device and dtype).
     pub(crate) fn cpu(&self) -> &[f32] {
         match &self.storage {
             Storage::Cpu(v) => v,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => &[],
+            _ => &[],
         }
     }
 
     pub(crate) fn cpu_mut(&mut self) -> &mut [f32] {
         match &mut self.storage {
             Storage::Cpu(v) => v,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda { .. } => &mut [],
+            _ => &mut [],
+        }
+    }
+
+    /// The 16-bit weight, when this is one on the CPU.
+    pub(crate) fn cpu_half(&self) -> Option<&PackedHalf> {
+        match &self.storage {
+            Storage::CpuHalf(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -479,7 +581,7 @@ impl Tensor {
     pub(crate) fn cuda_buf(&self) -> Result<&Buf> {
         match &self.storage {
             Storage::Cuda { buf, .. } => Ok(buf),
-            Storage::Cpu(_) => Err(KernelError::Device { op: "cuda" }),
+            _ => Err(KernelError::Device { op: "cuda" }),
         }
     }
 
@@ -487,7 +589,7 @@ impl Tensor {
     pub(crate) fn cuda_buf_mut(&mut self) -> Result<&mut Buf> {
         match &mut self.storage {
             Storage::Cuda { buf, .. } => Ok(buf),
-            Storage::Cpu(_) => Err(KernelError::Device { op: "cuda" }),
+            _ => Err(KernelError::Device { op: "cuda" }),
         }
     }
 }

@@ -142,3 +142,76 @@ proptest! {
         prop_assert_eq!(bits(&whole), bits(&[a, b].concat()));
     }
 }
+
+/// bf16 weights of random values: the bits, and the same values as f32.
+fn bf16_weights(rng: &mut Rng, n: usize, k: usize) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = rng
+        .vec(n * k)
+        .iter()
+        .map(|v| (v.to_bits() >> 16) as u16)
+        .collect();
+    let vals = bits
+        .iter()
+        .map(|&b| f32::from_bits((b as u32) << 16))
+        .collect();
+    (bits, vals)
+}
+
+#[test]
+fn bf16_weight_rows_independent_of_m_and_threads() {
+    use cake_kernels::{DType, Device, Tensor};
+    // SmolLM2's shapes, scaled down: k past one KC block, n not a
+    // multiple of the kernels' 16 or 64 columns.
+    let (k, n) = (576, 200);
+    let mut rng = Rng::new(9);
+    let (hbits, vals) = bf16_weights(&mut rng, n, k);
+    let w16 = Tensor::weight_half(hbits, true, &[n, k], Device::Cpu).unwrap();
+    assert_eq!(w16.dtype(), DType::Bf16);
+    assert_eq!(w16.to_vec().unwrap(), vals);
+    let w32 = t(vals, &[n, k]);
+    let x = rng.vec(64 * k);
+    let run = |threads: usize, m: usize, w: &Tensor| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            matmul_t(&t(x[..m * k].to_vec(), &[m, k]), w)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+        })
+    };
+    // The reference: all 64 rows, f32 weights, two threads.
+    let full = run(2, 64, &w32);
+    for m in [1usize, 3, 8, 64] {
+        for threads in [1, 2] {
+            let got = run(threads, m, &w16);
+            assert_eq!(
+                bits(&got),
+                bits(&full[..m * n]),
+                "bf16 weights, m = {m}, {threads} thread(s)"
+            );
+        }
+    }
+}
+
+#[test]
+fn half_weights_feed_matmul_and_embedding_only() {
+    use cake_kernels::{Device, Tensor, ops};
+    let (n, k) = (20, 8);
+    let mut rng = Rng::new(3);
+    let (hbits, vals) = bf16_weights(&mut rng, n, k);
+    let w = Tensor::weight_half(hbits, true, &[n, k], Device::Cpu).unwrap();
+    let rows = ops::embedding(&w, &[19, 0, 7]).unwrap().to_vec().unwrap();
+    let want: Vec<f32> = [19, 0, 7]
+        .iter()
+        .flat_map(|&r| vals[r * k..(r + 1) * k].to_vec())
+        .collect();
+    assert_eq!(rows, want);
+    assert_eq!(w.rows(7, 8).unwrap().to_vec().unwrap(), vals[7 * k..8 * k]);
+    assert_eq!(w.stored_bytes(), 2 * 32 * k, "two groups of 16 rows");
+    let mut other = t(vec![0.0; n * k], &[n, k]);
+    assert!(ops::add_inplace(&mut other, &w).is_err());
+    assert!(Tensor::weight_half(vec![0; 8], true, &[8], Device::Cpu).is_err());
+}

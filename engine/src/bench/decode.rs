@@ -47,20 +47,6 @@ pub struct DecodeReport {
     pub fraction_of_bound: f64,
 }
 
-/// Bytes of weights a decode step reads: every matrix of the layers and
-/// the LM head, the norms and biases; the embedding's rows are few.
-fn weight_bytes(model: &Model) -> u64 {
-    let c = model.config();
-    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let q = c.num_heads * c.head_dim;
-    let kv = c.num_kv_heads * c.head_dim;
-    let matrices = c.num_layers * (h * q + 2 * h * kv + q * h + 3 * h * i) + v * h;
-    let small = c.num_layers * (2 * h + (q + 2 * kv) * c.attention_bias as usize) + h;
-    // Matrices are f32 on the CPU and bf16 on a GPU; the rest is f32.
-    let per = if model.device().is_cpu() { 4 } else { 2 };
-    (matrices * per + small * 4) as u64
-}
-
 /// The best of a few parallel sums over `bytes` of f32s: a read rate no
 /// cache can serve.
 fn read_rate(bytes: usize) -> f64 {
@@ -154,7 +140,7 @@ pub fn run(model: &Model, b: &DecodeBench) -> Result<DecodeReport, EngineError> 
         }
     }
     let step_s = super::common::median(&times);
-    let weights = weight_bytes(model);
+    let weights = model.step_weight_bytes();
     let avg_len = (b.context + b.steps / 2) as u64;
     let kv_bytes = b.batch as u64 * avg_len * c.kv_values_per_token() as u64 * 4;
     let rate = read_rate(1 << 30);

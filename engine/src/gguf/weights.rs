@@ -1,5 +1,6 @@
 //! A GGUF file's tensors under their Hugging Face names, dequantized to
-//! f32 as llama.cpp does.
+//! f32 as llama.cpp does (and, with `--weights bf16`, rounded to bf16 by
+//! the model loader).
 //!
 //! llama.cpp's converter permutes the rows of a Llama model's Q and K
 //! projections (not a Qwen model's) (its RoPE rotates adjacent pairs; Hugging Face's rotates the
@@ -10,7 +11,7 @@ use super::file::{GgufFile, TensorInfo};
 use super::quants::{GgmlType, dequantize};
 use crate::EngineError;
 use crate::config::LlamaConfig;
-use crate::weights::TensorSource;
+use crate::weights::{TensorSource, WeightsDtype};
 
 /// A GGUF file seen as a [`TensorSource`].
 pub struct GgufWeights<'a> {
@@ -59,18 +60,27 @@ fn available_memory() -> Option<u64> {
 }
 
 impl<'a> GgufWeights<'a> {
-    /// The tensors of `file`, whose shape `cfg` is. Fails before reading
-    /// anything when the dequantized weights would not fit in memory.
-    pub fn new(file: &'a GgufFile, cfg: &LlamaConfig) -> Result<GgufWeights<'a>, EngineError> {
-        let f32_bytes: u64 = file.tensors.iter().map(|t| 4 * t.elements() as u64).sum();
+    /// The tensors of `file`, whose shape `cfg` is, to be held as
+    /// `weights` says. Fails before reading anything when the dequantized
+    /// weights would not fit in memory.
+    pub fn new(
+        file: &'a GgufFile,
+        cfg: &LlamaConfig,
+        weights: WeightsDtype,
+    ) -> Result<GgufWeights<'a>, EngineError> {
+        let (per, dtype) = match weights {
+            WeightsDtype::Bf16 => (2, "bf16"),
+            WeightsDtype::Auto | WeightsDtype::F32 => (4, "f32"),
+        };
+        let bytes: u64 = file.tensors.iter().map(|t| per * t.elements() as u64).sum();
         if let Some(avail) = available_memory()
-            && f32_bytes > avail
+            && bytes > avail
         {
             return Err(EngineError::Checkpoint {
                 path: file.path().display().to_string(),
                 reason: format!(
-                    "its weights take {:.2} GB as f32, more than the {:.2} GB of memory available",
-                    f32_bytes as f64 / 1e9,
+                    "its weights take {:.2} GB as {dtype}, more than the {:.2} GB of memory available",
+                    bytes as f64 / 1e9,
                     avail as f64 / 1e9
                 ),
             });

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::types::Strategy;
+use crate::WeightsDtype;
 use crate::kv::Codec;
 
 /// Which work a step's token budget serves first.
@@ -26,6 +27,11 @@ pub struct EngineConfig {
     pub name: String,
     /// Compute device: `cpu` (or `cuda:N` in builds with the `cuda` feature).
     pub device: String,
+    /// How the matmul weights are held in memory: `auto` (a checkpoint's
+    /// bf16/f16 tensors stay 16-bit, exactly; f32 and GGUF blocks are
+    /// f32), `f32`, or `bf16` (rounds f32/f16/GGUF values; half the bytes
+    /// a CPU decode step reads).
+    pub weights: WeightsDtype,
     /// Tokens per KV chunk (a power of two): the unit stored, loaded and
     /// computed.
     pub chunk_tokens: usize,
@@ -58,6 +64,7 @@ impl Default for EngineConfig {
         EngineConfig {
             name: "worker-0".into(),
             device: "cpu".into(),
+            weights: WeightsDtype::Auto,
             chunk_tokens: 256,
             strategy: Strategy::Cake,
             token_budget: 512,

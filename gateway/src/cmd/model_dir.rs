@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cake_engine::init::{Dtype, InitOptions, preset, write_checkpoint_with};
-use cake_engine::{Device, Model, Tokenizer};
+use cake_engine::{Device, Model, Tokenizer, WeightsDtype};
 
 /// The folder of preset `name` with weights from `seed` under
 /// `data_dir/models/`, written there first if it is not yet.
@@ -73,6 +73,10 @@ pub struct BenchModel {
     /// `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// How the matmul weights are held: auto (a checkpoint's 16-bit
+    /// tensors stay 16-bit; f32 and GGUF blocks f32), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub weights: WeightsDtype,
 }
 
 /// Loads the model `opts` names on its device; a device that cannot be
@@ -89,7 +93,8 @@ pub fn load_bench_model_on(
         None => ensure_preset_layers(&opts.preset, seed, opts.layers, data_dir)?,
     };
     let t0 = std::time::Instant::now();
-    let m = Model::load(&dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    let m = Model::load_with(&dir, device, opts.weights)
+        .with_context(|| format!("loading {}", dir.display()))?;
     if !device.is_cpu() {
         eprintln!(
             "loaded {} on {} in {:.1} s",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cake_engine::WeightsDtype;
 use cake_gateway::Config;
 use cake_gateway::worker::{EmbeddedWorker, Worker, serve_worker};
 use clap::{Args, Subcommand};
@@ -26,6 +27,10 @@ pub struct ServeArgs {
     /// Checkpoint folder or GGUF file to serve (overrides `model.path`).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// How the matmul weights are held: auto, f32 or bf16 (overrides
+    /// `engine.weights`).
+    #[arg(long)]
+    weights: Option<WeightsDtype>,
 }
 
 /// `cake worker`.
@@ -44,6 +49,10 @@ pub struct WorkerArgs {
     /// Checkpoint folder or GGUF file to serve (overrides `model.path`).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// How the matmul weights are held: auto, f32 or bf16 (overrides
+    /// `engine.weights`).
+    #[arg(long)]
+    weights: Option<WeightsDtype>,
     /// Worker name in usage, metrics and logs (overrides `engine.name`),
     /// so several workers can share one config file.
     #[arg(long)]
@@ -80,7 +89,11 @@ fn apply(
     cfg: &mut Config,
     data_dir: Option<PathBuf>,
     model: Option<PathBuf>,
+    weights: Option<WeightsDtype>,
 ) -> anyhow::Result<()> {
+    if let Some(w) = weights {
+        cfg.engine.weights = w;
+    }
     if let Some(d) = data_dir {
         cfg.server.data_dir = d;
     }
@@ -121,7 +134,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         cfg.server.listen = l;
     }
-    apply(&mut cfg, args.data_dir, args.model)?;
+    apply(&mut cfg, args.data_dir, args.model, args.weights)?;
     let dir = model_dir(&cfg)?;
     runtime()?.block_on(async move {
         // Before the stores open: what they record at start (the disk
@@ -174,7 +187,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         anyhow::ensure!(!n.trim().is_empty(), "--name must not be empty");
         cfg.engine.name = n;
     }
-    apply(&mut cfg, args.data_dir, args.model)?;
+    apply(&mut cfg, args.data_dir, args.model, args.weights)?;
     let dir = model_dir(&cfg)?;
     runtime()?.block_on(async move {
         cake_gateway::install_metrics();

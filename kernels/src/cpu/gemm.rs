@@ -35,6 +35,10 @@
 //! rows of `w` side by side to transpose them, which the prefetcher follows
 //! worse than gemv's one row at a time. `cargo bench -p cake-kernels
 //! --bench matmul` reruns the comparison (wall time, all threads).
+//! Weights held in 16 bits avoid that: they are stored transposed once, at
+//! load (`packed.rs`), a few rows stream them straight from memory
+//! (`gemv.rs`), and this GEMM widens them while packing — the same chains,
+//! so the same bits.
 //!
 //! Layout: the BLIS scheme. `w` is packed one `k` block at a time into
 //! panels of [`NR`] columns (`buf[p][c] = w[j0 + c, pc + p]`, transposed in
@@ -48,6 +52,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::isa::{Isa, detect};
+use super::packed::{LANES, PackedHalf, widen};
 
 /// Rows of `x` per micro-kernel call.
 pub(crate) const MR: usize = 6;
@@ -89,7 +94,33 @@ pub(crate) fn matmul_t_with(
     k: usize,
     n: usize,
 ) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    assert!(w.len() >= n * k);
+    gemm(isa, x, Weights::F32(w), out, m, k, n);
+}
+
+/// The operand `w[n, k]` of a call: f32 rows, or 16-bit groups (see
+/// `packed.rs`), widened to f32 while a panel is packed.
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    F32(&'a [f32]),
+    Half(&'a PackedHalf),
+}
+
+/// The blocked GEMM over either kind of `w` (whose values must cover
+/// `[n, k]`).
+pub(crate) fn gemm(
+    isa: Isa,
+    x: &[f32],
+    w: Weights<'_>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(x.len() >= m * k && out.len() >= m * n);
+    if let Weights::Half(h) = w {
+        assert!(h.n == n && h.k == k);
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -149,7 +180,7 @@ pub(crate) fn matmul_t_with(
 struct Job<'a> {
     isa: Isa,
     x: &'a [f32],
-    w: &'a [f32],
+    w: Weights<'a>,
     out: OutPtr,
     k: usize,
     n: usize,
@@ -302,6 +333,21 @@ impl Micro {
 /// `dst[p·NR + c] = w[cols.start + c, pc + p]`, zero past the last column.
 fn pack_w(
     isa: Isa,
+    w: Weights<'_>,
+    k: usize,
+    cols: std::ops::Range<usize>,
+    pc: usize,
+    kb: usize,
+    dst: &mut [f32],
+) {
+    match w {
+        Weights::F32(w) => pack_w_f32(isa, w, k, cols, pc, kb, dst),
+        Weights::Half(h) => pack_w_half(isa, h, cols, pc, kb, dst),
+    }
+}
+
+fn pack_w_f32(
+    isa: Isa,
     w: &[f32],
     k: usize,
     cols: std::ops::Range<usize>,
@@ -326,6 +372,44 @@ fn pack_w(
         } else {
             for p in 0..kb {
                 dst[p * NR + c] = 0.0;
+            }
+        }
+    }
+}
+
+/// The same panel from 16-bit groups: each group's `k` steps are already
+/// columns, so packing is a widening copy (no transpose). Columns past
+/// `n` are the groups' zero padding, or zero.
+fn pack_w_half(
+    isa: Isa,
+    w: &PackedHalf,
+    cols: std::ops::Range<usize>,
+    pc: usize,
+    kb: usize,
+    dst: &mut [f32],
+) {
+    debug_assert!(cols.start.is_multiple_of(LANES) && cols.len() <= NR);
+    debug_assert!(dst.len() == NR * kb);
+    let g0 = cols.start / LANES;
+    for q in 0..NR / LANES {
+        let g = g0 + q;
+        if g * LANES >= cols.end {
+            for p in 0..kb {
+                dst[p * NR + q * LANES..p * NR + (q + 1) * LANES].fill(0.0);
+            }
+            continue;
+        }
+        let src = &w.group(g)[pc * LANES..(pc + kb) * LANES];
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 {
+            super::gemv_avx512::widen_group(src, w.bf16, &mut dst[q * LANES..], NR, kb);
+            continue;
+        }
+        let _ = isa;
+        for (p, s) in src.chunks_exact(LANES).enumerate() {
+            let d = &mut dst[p * NR + q * LANES..p * NR + (q + 1) * LANES];
+            for (d, &b) in d.iter_mut().zip(s) {
+                *d = widen(b, w.bf16);
             }
         }
     }

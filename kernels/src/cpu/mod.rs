@@ -9,10 +9,16 @@ mod exp;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
+mod gemv;
+#[cfg(target_arch = "x86_64")]
+mod gemv_avx512;
 pub(crate) mod isa;
+mod packed;
 
 pub(crate) use attention::{AttnShape, attention};
 pub(crate) use gemm::matmul_t;
+pub(crate) use gemv::matmul_t_half;
+pub(crate) use packed::PackedHalf;
 
 use rayon::prelude::*;
 

@@ -81,3 +81,59 @@ fn attention_fast_paths_match_portable() {
         }
     }
 }
+
+/// 16-bit weights (bf16 bits cut from `data`, or f16 bits) and the f32
+/// values they hold.
+fn half_weights(n: usize, k: usize, seed: u32, bf16: bool) -> (Vec<u16>, Vec<f32>) {
+    let raw = data(n * k, seed);
+    let bits: Vec<u16> = raw
+        .iter()
+        .map(|v| {
+            if bf16 {
+                (v.to_bits() >> 16) as u16
+            } else {
+                half::f16::from_f32(*v).to_bits()
+            }
+        })
+        .collect();
+    let vals = bits
+        .iter()
+        .map(|&b| crate::tensor::half_to_f32(b, bf16))
+        .collect();
+    (bits, vals)
+}
+
+#[test]
+fn half_weights_give_the_f32_bits_on_every_path() {
+    use super::gemv::matmul_t_half_with;
+    use super::packed::PackedHalf;
+    // m ≤ 16 takes the streaming kernel, more rows the blocked GEMM; n not
+    // a multiple of 16 pads the last group; k past KC splits the chain.
+    for (i, &(m, k, n)) in [
+        (1, 1, 1),
+        (1, 300, 129),
+        (3, 64, 64),
+        (6, 513, 200),
+        (7, 300, 129),
+        (16, 70, 100),
+        (17, 70, 100),
+        (64, 257, 70),
+        (2, 17, 1000),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for bf16 in [true, false] {
+            let x = data(m * k, i as u32);
+            let (hbits, vals) = half_weights(n, k, 50 + i as u32, bf16);
+            let packed = PackedHalf::from_rows(&hbits, bf16, n, k);
+            let mut want = vec![0.0; m * n];
+            matmul_t_with(Isa::Portable, &x, &vals, &mut want, m, k, n);
+            for isa in supported() {
+                let mut got = vec![f32::NAN; m * n];
+                matmul_t_half_with(isa, &x, &packed, &mut got, m);
+                assert_eq!(bits(&got), bits(&want), "{isa:?} {m}x{k}x{n} bf16={bf16}");
+            }
+        }
+    }
+}
