@@ -5,9 +5,14 @@
 //! drain rate and the time until a slot frees follow — what a request
 //! waiting in the queue will really see, where the cost model's prefill
 //! rate alone leaves out decoding and the worker's queue.
+//!
+//! While every slot stays taken, the releases themselves say the drain
+//! rate too (prompt tokens given back per second): when that is slower
+//! than the holds say (the machine slowed down: a hold measured earlier
+//! was shorter than the next will be), the slower one counts.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::load::secs;
 
@@ -15,9 +20,19 @@ use crate::load::secs;
 #[derive(Debug, Clone)]
 pub struct SlotMeter {
     window: usize,
-    holds: VecDeque<(u64, Duration)>,
+    holds: VecDeque<Hold>,
     tokens: u64,
     held: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    tokens: u64,
+    held: Duration,
+    /// When the slot was given back.
+    at: Instant,
+    /// Whether every slot was taken (or requests waited) then.
+    saturated: bool,
 }
 
 impl SlotMeter {
@@ -31,18 +46,37 @@ impl SlotMeter {
         }
     }
 
-    /// A request of `tokens` prompt tokens gave its slot back after `held`.
-    pub fn record(&mut self, tokens: u64, held: Duration) {
+    /// A request of `tokens` prompt tokens gave its slot back at `at`
+    /// after `held`; `saturated`: every slot was taken or requests waited.
+    pub fn record(&mut self, tokens: u64, held: Duration, at: Instant, saturated: bool) {
         let tokens = tokens.max(1);
         if self.holds.len() == self.window
-            && let Some((t, h)) = self.holds.pop_front()
+            && let Some(h) = self.holds.pop_front()
         {
-            self.tokens -= t;
-            self.held = self.held.saturating_sub(h);
+            self.tokens -= h.tokens;
+            self.held = self.held.saturating_sub(h.held);
         }
-        self.holds.push_back((tokens, held));
+        self.holds.push_back(Hold {
+            tokens,
+            held,
+            at,
+            saturated,
+        });
         self.tokens += tokens;
         self.held += held;
+    }
+
+    /// Prompt tokens given back per second over the window, when every
+    /// release in it came while the slots were all taken (otherwise the
+    /// releases measure the arrivals, not the drain); `None` else.
+    pub fn release_rate(&self) -> Option<f64> {
+        let (first, last) = (self.holds.front()?, self.holds.back()?);
+        if self.holds.len() < 2 || !self.holds.iter().all(|h| h.saturated) {
+            return None;
+        }
+        let span = last.at.saturating_duration_since(first.at).as_secs_f64();
+        let tokens = self.tokens - first.tokens;
+        (span > 0.0).then(|| tokens as f64 / span)
     }
 
     /// Holds measured (at most the window).
@@ -72,7 +106,10 @@ impl SlotMeter {
     /// slots: that work at the slots' measured rate. `None` until measured
     /// (or with no slot): the caller decides on other evidence.
     pub fn queue_wait(&self, work_ahead: u64, slots: usize) -> Option<Duration> {
-        let rate = self.tokens_per_slot_sec()? * slots as f64;
+        let mut rate = self.tokens_per_slot_sec()? * slots as f64;
+        if let Some(r) = self.release_rate() {
+            rate = rate.min(r);
+        }
         (rate > 0.0).then(|| secs(work_ahead as f64 / rate))
     }
 
@@ -92,6 +129,13 @@ mod tests {
         Duration::from_secs_f64(x)
     }
 
+    /// Records holds given back one second apart, from `t0`.
+    fn holds(m: &mut SlotMeter, t0: Instant, holds: &[(u64, f64)], saturated: bool) {
+        for (i, &(t, h)) in holds.iter().enumerate() {
+            m.record(t, s(h), t0 + s(i as f64), saturated);
+        }
+    }
+
     #[test]
     fn unmeasured_says_nothing() {
         let m = SlotMeter::new(8);
@@ -104,8 +148,7 @@ mod tests {
     #[test]
     fn rates_come_from_the_holds() {
         let mut m = SlotMeter::new(8);
-        m.record(100, s(1.0));
-        m.record(300, s(3.0));
+        holds(&mut m, Instant::now(), &[(100, 1.0), (300, 3.0)], false);
         assert_eq!(m.tokens_per_slot_sec(), Some(100.0));
         assert_eq!(m.mean_hold(), Some(s(2.0)));
         // 2000 tokens ahead, 4 slots at 100 tokens/s each: 5 s.
@@ -118,9 +161,12 @@ mod tests {
     #[test]
     fn the_window_forgets_old_holds() {
         let mut m = SlotMeter::new(2);
-        m.record(1000, s(1.0));
-        m.record(100, s(1.0));
-        m.record(100, s(1.0));
+        holds(
+            &mut m,
+            Instant::now(),
+            &[(1000, 1.0), (100, 1.0), (100, 1.0)],
+            false,
+        );
         assert_eq!(m.len(), 2);
         assert_eq!(m.tokens_per_slot_sec(), Some(100.0));
     }
@@ -128,9 +174,29 @@ mod tests {
     #[test]
     fn instant_holds_do_not_divide_by_zero() {
         let mut m = SlotMeter::new(4);
-        m.record(0, Duration::ZERO);
+        m.record(0, Duration::ZERO, Instant::now(), true);
         assert_eq!(m.tokens_per_slot_sec(), None);
         assert_eq!(m.queue_wait(10, 1), None);
         assert_eq!(m.next_free(1), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn saturated_releases_slower_than_the_holds_say_count() {
+        let t0 = Instant::now();
+        // Holds say 100 tokens per slot-second: 400/s on 4 slots; the
+        // releases, one a second, give back only 100/s.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], true);
+        assert_eq!(m.release_rate(), Some(100.0));
+        assert_eq!(m.queue_wait(1000, 4), Some(s(10.0)));
+        // Not saturated: the releases follow the arrivals; the holds rule.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], false);
+        assert_eq!(m.release_rate(), None);
+        assert_eq!(m.queue_wait(1000, 4), Some(s(2.5)));
+        // Releases faster than the holds say: the holds still rule.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(1000, 1.0), (1000, 1.0)], true);
+        assert_eq!(m.queue_wait(1000, 1), Some(s(1.0)));
     }
 }

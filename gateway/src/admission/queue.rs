@@ -16,7 +16,7 @@ use crate::config::PolicyConfig;
 use crate::telemetry as tm;
 
 /// Slot holds the queue's drain rate is measured over.
-const METER_WINDOW: usize = 64;
+const METER_WINDOW: usize = 32;
 
 struct Waiter {
     tx: oneshot::Sender<SlotGuard>,
@@ -69,8 +69,11 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         if self.armed {
             let mut s = self.adm.sched.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = self.adm.capacity();
+            let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
-            s.meter.record(self.cost, self.since.elapsed());
+            s.meter
+                .record(self.cost, self.since.elapsed(), Instant::now(), saturated);
             self.adm.pump_locked(&mut s);
         }
     }

@@ -126,26 +126,26 @@ async fn admit(state: &AppState, ctx: &mut GenCtx) -> Result<(), GatewayError> {
             wait.retry_after(deadline),
         ));
     }
-    if let Some(slo) = policy.ttft_slo {
-        if let Some((p, _)) = estimate {
-            let input = ShedInput {
-                predicted_ttft: p.ttft,
-                idle_ttft: p.idle_ttft,
-                queue_wait: wait.queue,
-                slo: Some(slo),
-                queue_deadline: Some(deadline),
-            };
-            if let Decision::Shed { retry_after } = decide(&input) {
-                let expected = input.queue_wait + input.predicted_ttft;
-                return Err(limited(
-                    &name,
-                    "ttft_slo",
-                    format!(
-                        "predicted time to first token {expected:?} misses the objective of {slo:?}"
-                    ),
-                    retry_after,
-                ));
-            }
+    if let Some(slo) = policy.ttft_slo
+        && let Some((p, _)) = estimate
+    {
+        let input = ShedInput {
+            predicted_ttft: p.ttft,
+            idle_ttft: p.idle_ttft,
+            queue_wait: wait.queue,
+            slo: Some(slo),
+            queue_deadline: Some(deadline),
+        };
+        if let Decision::Shed { retry_after } = decide(&input) {
+            let expected = input.queue_wait + input.predicted_ttft;
+            return Err(limited(
+                &name,
+                "ttft_slo",
+                format!(
+                    "predicted time to first token {expected:?} misses the objective of {slo:?}"
+                ),
+                retry_after,
+            ));
         }
     }
     let rx = adm
