@@ -554,7 +554,7 @@ async fn a_predicted_wait_past_the_deadline_is_refused_at_once() {
         "[policy]\nmax_in_flight_per_worker = 1\nqueue_deadline_ms = 3000\n{}",
         two_tenants("", "")
     );
-    let gw = Arc::new(gateway(&toml, &[m.clone()]).await);
+    let gw = Arc::new(gateway(&toml, std::slice::from_ref(&m)).await);
     // Measured: 2 prompt tokens per >= 1 s of slot.
     let r = call(
         &gw,
