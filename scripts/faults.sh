@@ -11,6 +11,12 @@
 #   corrupt-chunks every stored chunk file corrupted between two runs
 #   redis-killed   the Redis KV tier killed mid-load and restarted
 #                  (skipped when redis-server is missing)
+#   overload       an open loop of non-streaming requests at FLOOD_RATE
+#                  req/s (~10x what the CPU serves) for FLOOD_S seconds,
+#                  each on its own connection, then one probe
+#                  FLOOD_PROBE_S after: how fast refusals come, their
+#                  Retry-After, the longest wait for an answer, the probe's
+#                  time (not in the default list: TRIALS=overload)
 #
 # Columns: requests sent, ok, errors by status (or `connect`, `transport`,
 # `truncated`, `stream`, `timeout`), lost (neither an answer nor an error
@@ -23,6 +29,7 @@
 # `cargo build --release -p cake-gateway -p cake-loadtest`):
 #   scripts/faults.sh
 #   RATE=2 DURATION=20s TRIALS="shutdown-term big-prompt" scripts/faults.sh
+#   TRIALS=overload FLOOD_RATE=40 scripts/faults.sh
 set -uo pipefail
 
 BIN=${BIN:-target/release}
@@ -35,6 +42,9 @@ PORT=${PORT:-8311}
 # end with an error event and [DONE].
 DRAIN_MS=${DRAIN_MS:-10000}
 REDIS_PORT=${REDIS_PORT:-6393}
+FLOOD_RATE=${FLOOD_RATE:-40}
+FLOOD_S=${FLOOD_S:-20}
+FLOOD_PROBE_S=${FLOOD_PROBE_S:-10}
 URL=http://127.0.0.1:$PORT
 
 for b in cake cake-loadtest; do
@@ -316,6 +326,102 @@ url = \"redis://127.0.0.1:$REDIS_PORT\""
   row redis-killed "$OUT/redis-killed.json" "$rss" "$rec"
 }
 
+trial_overload() {
+  config "$TMP/overload.toml" ""
+  start_server "$TMP/overload.toml" "$OUT/overload.server.log" || return
+  local rss
+  python3 - "$URL" "$FLOOD_RATE" "$FLOOD_S" "$FLOOD_PROBE_S" "$OUT/overload.json" <<'EOF' >"$OUT/overload.txt" 2>&1
+# Open loop: every request on its own connection, sent on schedule
+# whatever the answers; then one probe. Standard library only.
+import asyncio, json, random, sys, time
+from urllib.parse import urlparse
+
+url, rate, dur, probe_after, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+u = urlparse(url)
+words = "the of and to in is was for on that with as by at from his her an were are".split()
+
+async def one(i, max_tokens=None):
+    rnd = random.Random(i)
+    prompt = " ".join(rnd.choice(words) for _ in range(rnd.randint(100, 400)))
+    body = json.dumps({"model": "small", "prompt": f"{i} {prompt}",
+                       "max_tokens": max_tokens or rnd.randint(64, 128), "temperature": 0,
+                       "ignore_eos": True}).encode()
+    t0 = time.monotonic()
+    try:
+        r, w = await asyncio.open_connection(u.hostname, u.port)
+        w.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await w.drain()
+        data = await asyncio.wait_for(r.read(), 120)
+        w.close()
+    except Exception as e:
+        return {"status": "transport", "t": time.monotonic() - t0, "error": str(e)}
+    t = time.monotonic() - t0
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    if not lines or len(lines[0].split()) < 2:
+        return {"status": "truncated", "t": t}
+    status = lines[0].split()[1]
+    hdr = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+    code = None
+    if status != "200":
+        try:
+            code = json.loads(rest)["error"]["code"]
+        except Exception:
+            pass
+    return {"status": status, "t": t, "retry_after": hdr.get("retry-after"), "code": code}
+
+async def main():
+    tasks, start = [], time.monotonic()
+    n = int(rate * dur)
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    flood_end = time.monotonic()
+    await asyncio.sleep(max(0.0, flood_end + probe_after - time.monotonic()))
+    probe = await one(10**9, max_tokens=16)
+    res = await asyncio.gather(*tasks)
+    json.dump({"results": res, "probe": probe}, open(out, "w"))
+asyncio.run(main())
+EOF
+  rss=$(rss_mb "$SERVER")
+  stop_server TERM
+  ROWS+=("$(python3 - "$OUT/overload.json" "$rss" "$FLOOD_RATE" "$FLOOD_S" "$FLOOD_PROBE_S" <<'EOF'
+import json, sys
+rss, rate, dur, after = sys.argv[2:6]
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"| overload | ? | ? | no results ({e}) | ? | {rss} | - |")
+    sys.exit()
+res, probe = d["results"], d["probe"]
+ok = [r for r in res if r["status"] == "200"]
+bad = [r for r in res if r["status"] != "200"]
+by = {}
+for r in bad:
+    k = r["status"] + (f" {r['code']}" if r.get("code") else "")
+    by[k] = by.get(k, 0) + 1
+lost = sum(v for k, v in by.items() if k.startswith(("transport", "truncated")))
+refused = [r for r in bad if r["status"] in ("429", "503")]
+def q(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+ts = [r["t"] for r in refused]
+ra = sorted({int(r["retry_after"]) for r in refused if r.get("retry_after")})
+noretry = sum(1 for r in refused if not r.get("retry_after"))
+oks = [r["t"] for r in ok]
+e = ", ".join(f"{k}: {v}" for k, v in sorted(by.items())) or "none"
+rec = (f"{rate}/s for {dur} s; refused in p50 {q(ts, .5):.2f} s, max {max(ts, default=float('nan')):.2f} s, "
+       f"Retry-After {ra[0] if ra else '-'}-{ra[-1] if ra else '-'} s ({noretry} without); "
+       f"answers in p50 {q(oks, .5):.1f} s, max {max(oks, default=float('nan')):.1f} s; "
+       f"probe {after} s after: {probe['status']} in {probe['t']:.2f} s")
+print(f"| overload | {len(res) + 1} | {len(ok) + (probe['status'] == '200')} | {e} | {lost} | {rss} | {rec} |")
+EOF
+)")
+}
+
 for t in $TRIALS; do
   echo "== $t"
   rm -rf "$TMP/data"
@@ -326,6 +432,7 @@ for t in $TRIALS; do
     big-prompt) trial_big_prompt ;;
     corrupt-chunks) trial_corrupt ;;
     redis-killed) trial_redis ;;
+    overload) trial_overload ;;
     *) echo "unknown trial $t" >&2 ;;
   esac
 done

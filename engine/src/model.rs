@@ -453,11 +453,11 @@ impl Model {
         prof: Option<&mut Profile>,
     ) -> Result<Tensor, EngineError> {
         if items.is_empty() {
-            return Err(EngineError::BadRequest("no sequences to run".into()));
+            return Err(EngineError::Internal("no sequences to run".into()));
         }
         for it in items.iter() {
             if it.tokens.is_empty() {
-                return Err(EngineError::BadRequest("no tokens to run".into()));
+                return Err(EngineError::Internal("no tokens to run".into()));
             }
             self.check_input(it.cache, it.tokens)?;
         }

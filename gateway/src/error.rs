@@ -47,8 +47,20 @@ pub enum GatewayError {
         reason: String,
         retry_after: Duration,
     },
-    #[error("no healthy worker could take the request{0}")]
-    NoHealthyWorker(String),
+    /// No worker is up, or every one tried failed; `retry_after`: when
+    /// the next health check may bring one back.
+    #[error("no healthy worker could take the request{detail}")]
+    NoHealthyWorker {
+        detail: String,
+        retry_after: Duration,
+    },
+    /// Every worker tried was full; `retry_after`: the predicted time
+    /// until a dispatch slot frees.
+    #[error("every worker is full{detail}")]
+    Overloaded {
+        detail: String,
+        retry_after: Duration,
+    },
     #[error("worker {worker} failed: {message}")]
     WorkerFailed { worker: String, message: String },
     #[error("worker {worker} did not answer within {after:?}")]
@@ -81,7 +93,10 @@ impl GatewayError {
             | BodyRead(_)
             | Unauthorized => Fault::Client,
             RateLimited { .. } => Fault::TenantLimit,
-            NoHealthyWorker(_) | WorkerFailed { .. } | WorkerTimeout { .. } => Fault::Worker,
+            NoHealthyWorker { .. }
+            | Overloaded { .. }
+            | WorkerFailed { .. }
+            | WorkerTimeout { .. } => Fault::Worker,
             ShuttingDown | Internal(_) => Fault::Internal,
         }
     }
@@ -103,7 +118,7 @@ impl GatewayError {
             BodyTooLarge { .. } | PromptTooLong { .. } => "request_too_large",
             Unauthorized => "authentication_error",
             RateLimited { .. } => "rate_limit_error",
-            NoHealthyWorker(_) | ShuttingDown => "service_unavailable",
+            NoHealthyWorker { .. } | Overloaded { .. } | ShuttingDown => "service_unavailable",
             WorkerFailed { .. } => "worker_error",
             WorkerTimeout { .. } => "worker_timeout",
             Internal(_) => "internal_error",
@@ -123,11 +138,37 @@ impl GatewayError {
             PromptTooLong { .. } => "prompt_too_long",
             Unauthorized => "invalid_api_key",
             RateLimited { limit, .. } => limit,
-            NoHealthyWorker(_) => "no_healthy_worker",
+            NoHealthyWorker { .. } => "no_healthy_worker",
+            Overloaded { .. } => "workers_overloaded",
             ShuttingDown => "shutting_down",
             WorkerFailed { .. } => "worker_failed",
             WorkerTimeout { .. } => "worker_timeout",
             Internal(_) => "internal_error",
+        }
+    }
+
+    /// When to come back (the `Retry-After` header), for the refusals that
+    /// say: a limit's or the queue's predicted wait, a full fleet's time
+    /// until a slot frees, the next health check.
+    pub fn retry_after(&self) -> Option<Duration> {
+        use GatewayError::*;
+        match self {
+            RateLimited { retry_after, .. }
+            | NoHealthyWorker { retry_after, .. }
+            | Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The same error with `detail` added to its message (only
+    /// [`GatewayError::NoHealthyWorker`] has one; others are unchanged).
+    pub fn with_detail(self, detail: String) -> GatewayError {
+        match self {
+            GatewayError::NoHealthyWorker { retry_after, .. } => GatewayError::NoHealthyWorker {
+                detail,
+                retry_after,
+            },
+            other => other,
         }
     }
 

@@ -176,3 +176,135 @@ async fn a_burst_on_two_workers_lands_together_and_computes_the_prefix_once() {
     }
     gw.shutdown().await;
 }
+
+/// An engine with one request slot (`max_running = 1`, `max_waiting = 0`),
+/// kept full: the request holding it waits a minute in its store lookup
+/// (a throttled link's latency), so no timing decides when it ends.
+struct FullEngine {
+    slots: Vec<cake_gateway::worker::WorkerSlot>,
+    _held: cake_gateway::worker::EventStream,
+}
+
+fn work(prompt: Vec<u32>) -> cake_engine::worker::WorkRequest {
+    cake_engine::worker::WorkRequest {
+        id: "t".into(),
+        prompt,
+        options: cake_engine::worker::WorkOptions {
+            max_tokens: 2,
+            ..Default::default()
+        },
+        cache_group: "g".into(),
+        strategy: None,
+        priority: 0,
+    }
+}
+
+async fn full_engine(dir: &std::path::Path) -> FullEngine {
+    let model = dir.join("model");
+    write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
+    let text = format!(
+        r#"
+        [server]
+        data_dir = "{data}"
+        [model]
+        path = "{model}"
+        [engine]
+        chunk_tokens = 16
+        token_budget = 64
+        max_running = 1
+        max_waiting = 0
+        [kv]
+        chunk_tokens = 16
+        [kv.disk]
+        enabled = false
+        [kv.throttle]
+        enabled = true
+        latency_us = 60000000
+        "#,
+        data = dir.display(),
+        model = model.display()
+    );
+    let cfg = Config::parse(&text).unwrap();
+    cfg.validate().unwrap();
+    let slots = cake_gateway::build_workers(&cfg, &model).unwrap();
+    // A full chunk, so its lookup goes through the slow link.
+    let held = slots[0]
+        .worker
+        .submit(work((0..20).collect()))
+        .await
+        .unwrap();
+    FullEngine { slots, _held: held }
+}
+
+/// A full engine answers `Overloaded`, in process and over `cake worker`'s
+/// HTTP alike: a worker error another worker may take, not a fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_engine_is_overloaded_embedded_and_remote_alike() {
+    use cake_gateway::worker::{CakeWorker, Worker, WorkerError, serve_worker};
+    let dir = tempfile::tempdir().unwrap();
+    let full = full_engine(dir.path()).await;
+    let embedded = full.slots[0].worker.clone();
+    let e = embedded.submit(work(vec![1, 2, 3])).await.err().unwrap();
+    assert!(matches!(e, WorkerError::Overloaded(_)), "{e:?}");
+    assert!(e.retryable() && !e.is_health_failure());
+
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let ws = serve_worker(l, embedded, std::time::Duration::from_secs(5)).unwrap();
+    let remote = CakeWorker::new(
+        "r",
+        &format!("http://{}", ws.local_addr()),
+        std::time::Duration::from_secs(5),
+    );
+    let r = remote.submit(work(vec![1, 2, 3])).await.err().unwrap();
+    assert!(matches!(r, WorkerError::Overloaded(_)), "{r:?}");
+    assert_eq!(r.to_string(), e.to_string());
+}
+
+/// Behind the gateway, a full engine's request goes to the next worker;
+/// with no other, the client gets 503 `workers_overloaded` with a
+/// `Retry-After`, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_engine_sends_the_request_elsewhere_or_says_when_to_come_back() {
+    use cake_gateway::config::{PlacementPolicy, PolicyConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let full = full_engine(dir.path()).await;
+    let policy = PolicyConfig {
+        placement: PlacementPolicy::RoundRobin,
+        ..PolicyConfig::default()
+    };
+    let body = json!({"prompt": [1, 2, 3], "max_tokens": 2}).to_string();
+
+    let mut slots = full.slots;
+    let other = common::mock("other");
+    slots.push(common::slot(std::sync::Arc::new(other.clone())));
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let info = || cake_gateway::model_info(&Config::default(), &dir.path().join("model")).unwrap();
+    let gw =
+        cake_gateway::Gateway::start(&common::server_config(), &policy, info(), slots, l).unwrap();
+    // Round robin starts one of the two on the full engine.
+    for _ in 0..2 {
+        let r = post(gw.local_addr(), "/v1/completions", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["usage"]["cake"]["worker"], "other");
+    }
+    assert_eq!(other.submitted(), 2);
+
+    // The full engine alone.
+    let worker = gw.pool().slots()[0].clone();
+    let alone = cake_gateway::worker::WorkerSlot::new(
+        worker.worker.clone(),
+        worker.timeout,
+        worker.idle_timeout,
+    );
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    let gw1 =
+        cake_gateway::Gateway::start(&common::server_config(), &policy, info(), vec![alone], l)
+            .unwrap();
+    let r = post(gw1.local_addr(), "/v1/completions", &body).await;
+    let v = r.error(503);
+    assert_eq!(v["error"]["code"], "workers_overloaded", "{v}");
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(secs >= 1);
+    // Still up: a full worker is not a failed one.
+    assert!(gw1.pool().slots()[0].is_up());
+}

@@ -268,3 +268,54 @@ async fn stalled_client_is_disconnected() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 }
+
+/// A fault inside a worker (a broken invariant, a failed step) is the
+/// server's fault: 500 `internal_error`, never a 400, streaming or not.
+#[tokio::test]
+async fn a_fault_inside_the_worker_is_500() {
+    let m = mock("w0");
+    m.fail_with(Some(cake_engine::worker::WorkErrorKind::Internal));
+    let gw = start_with(&m).await;
+    for stream in [false, true] {
+        let body = serde_json::json!({"prompt": "x", "max_tokens": 2, "stream": stream});
+        let r = post(gw.local_addr(), "/v1/completions", &body.to_string()).await;
+        let v = r.error(500);
+        assert_eq!(v["error"]["code"], "internal_error", "{v}");
+        assert_eq!(v["error"]["type"], "internal_error");
+    }
+    // A request the worker refuses as wrong is still the client's: 400.
+    m.fail_with(Some(cake_engine::worker::WorkErrorKind::BadRequest));
+    let r = post(gw.local_addr(), "/v1/completions", r#"{"prompt": "x"}"#).await;
+    r.error(400);
+}
+
+/// Every worker full: 503 `workers_overloaded` with a `Retry-After`; one
+/// with room takes the request instead.
+#[tokio::test]
+async fn full_workers_are_retried_then_503_with_retry_after() {
+    use cake_engine::worker::WorkErrorKind;
+    let (a, b) = (mock("a"), mock("b"));
+    a.fail_with(Some(WorkErrorKind::Overloaded));
+    let gw = start(
+        vec![slot(Arc::new(a.clone())), slot(Arc::new(b.clone()))],
+        server_config(),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = post(
+            gw.local_addr(),
+            "/v1/completions",
+            r#"{"prompt": "x", "max_tokens": 1}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["usage"]["cake"]["worker"], "b");
+    }
+    b.fail_with(Some(WorkErrorKind::Overloaded));
+    let r = post(gw.local_addr(), "/v1/completions", r#"{"prompt": "x"}"#).await;
+    let v = r.error(503);
+    assert_eq!(v["error"]["code"], "workers_overloaded", "{v}");
+    assert!(r.headers.contains_key("retry-after"));
+    // Full is not down.
+    assert!(gw.pool().slots().iter().all(|s| s.is_up()));
+}

@@ -250,3 +250,34 @@ async fn an_openai_server_as_a_worker() {
     // Its load is the gateway's own ledger: nothing in flight now.
     assert_eq!(gw.pool().slots()[0].in_flight(), 0);
 }
+
+/// Over `cake worker`'s HTTP, errors keep their kind: a fault inside the
+/// worker is 500, a full worker is tried no further and said as 503 with
+/// `Retry-After`, as with an embedded worker.
+#[tokio::test]
+async fn remote_errors_map_as_embedded_ones_do() {
+    use cake_engine::worker::WorkErrorKind;
+    let m = mock("remote-0");
+    let ws = worker_server(&m).await;
+    let gw = start(
+        vec![remote("r0", &format!("http://{}", ws.local_addr()))],
+        server_config(),
+    )
+    .await;
+    let a = gw.local_addr();
+    m.fail_with(Some(WorkErrorKind::Internal));
+    for stream in [false, true] {
+        let body = serde_json::json!({"prompt": "x", "max_tokens": 2, "stream": stream});
+        let v = post(a, "/v1/completions", &body.to_string())
+            .await
+            .error(500);
+        assert_eq!(v["error"]["code"], "internal_error", "{v}");
+    }
+    m.fail_with(Some(WorkErrorKind::Overloaded));
+    let r = post(a, "/v1/completions", r#"{"prompt": "x"}"#).await;
+    assert_eq!(r.error(503)["error"]["code"], "workers_overloaded");
+    assert!(r.headers.contains_key("retry-after"));
+    m.fail_with(None);
+    let r = post(a, "/v1/completions", r#"{"prompt": "x", "max_tokens": 1}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -540,3 +540,58 @@ async fn queue_bounds_reload_without_a_restart() {
     codes.sort_unstable();
     assert_eq!(codes, vec![200, 200, 429, 429]);
 }
+
+/// A request whose predicted wait (the work queued ahead of it at the
+/// measured slot turnover) is past its queue deadline is refused at once,
+/// without an SLO, and told to come back when the backlog will have
+/// drained: a `Retry-After` from the prediction, not a constant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predicted_wait_past_the_deadline_is_refused_at_once() {
+    // Each token takes at least 100 ms: a slot is held at least 1 s for
+    // 10 tokens, whatever the machine's speed (slower only adds to it).
+    let m = slow_mock("w", 100);
+    let toml = format!(
+        "[policy]\nmax_in_flight_per_worker = 1\nqueue_deadline_ms = 3000\n{}",
+        two_tenants("", "")
+    );
+    let gw = Arc::new(gateway(&toml, std::slice::from_ref(&m)).await);
+    // Measured: 2 prompt tokens per >= 1 s of slot.
+    let r = call(
+        &gw,
+        Some("key-a"),
+        r#"{"prompt": [1, 2], "max_tokens": 10}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The only slot, taken for good.
+    let busy = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            call(
+                &gw,
+                Some("key-a"),
+                r#"{"prompt": [1, 2], "max_tokens": 1000}"#,
+            )
+            .await
+        })
+    };
+    eventually("the slot is taken", || m.submitted() == 2).await;
+    // 300 tokens at <= 2 per second: >= 150 s, far past the 3 s deadline.
+    let ids: Vec<u32> = (0..300).map(|i| i % 200).collect();
+    let body = serde_json::json!({"prompt": ids, "max_tokens": 1}).to_string();
+    let r = call(&gw, Some("key-b"), &body).await;
+    let v = r.error(429);
+    assert_eq!(v["error"]["code"], "queue_timeout", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("predicted wait"),
+        "refused on the prediction, not at the deadline: {v}"
+    );
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(secs >= 100, "Retry-After {secs}: the backlog's drain time");
+    // A request that fits still queues (and is served once the slot frees).
+    assert_eq!(m.submitted(), 2);
+    busy.abort();
+}

@@ -23,6 +23,9 @@
 //!   retry.
 //! - `shed`: whether to refuse a request at once because it cannot meet its
 //!   tenant's TTFT SLO ([`decide`]).
+//! - `slots`: how fast the gateway's dispatch slots turn over, measured
+//!   ([`SlotMeter`]): the queue's real drain rate and the time until a
+//!   slot frees.
 //! - `tenant`: a tenant's policy as configured ([`TenantPolicy`]) and its
 //!   validation.
 
@@ -33,6 +36,7 @@ mod limits;
 mod load;
 mod placement;
 mod shed;
+mod slots;
 mod tenant;
 
 pub use cost::{ChunkCost, SplitPlan, best_split, simulate_cake};
@@ -45,4 +49,5 @@ pub use limits::{
 pub use load::{Prediction, RateDefaults, RequestShape, WorkerLoad, predict, predict_ttft};
 pub use placement::{Placement, PlacementPolicy, Placer, PrefixKey, UnknownPolicy, WorkerView};
 pub use shed::{Decision, ShedInput, decide, prefill_rate, queue_wait};
+pub use slots::SlotMeter;
 pub use tenant::{InvalidTenant, TenantPolicy};

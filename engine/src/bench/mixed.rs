@@ -90,7 +90,7 @@ async fn run_order(
     for t in tasks {
         usages.push(
             t.await
-                .map_err(|e| EngineError::BadRequest(format!("request task failed: {e}")))??,
+                .map_err(|e| EngineError::Internal(format!("request task failed: {e}")))??,
         );
     }
     let total_s = start.elapsed().as_secs_f64();

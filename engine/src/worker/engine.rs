@@ -70,7 +70,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         cfg.validate().map_err(EngineError::BadRequest)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            EngineError::BadRequest("Engine::start must run inside a tokio runtime".into())
+            EngineError::Internal("Engine::start must run inside a tokio runtime".into())
         })?;
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared::new());

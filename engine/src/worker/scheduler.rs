@@ -64,14 +64,6 @@ pub(crate) struct Scheduler {
     pub chunk_bytes: u64,
 }
 
-fn error_kind(e: &EngineError) -> WorkErrorKind {
-    match e {
-        EngineError::BadRequest(_) | EngineError::PromptTooLong { .. } => WorkErrorKind::BadRequest,
-        EngineError::Overloaded(_) => WorkErrorKind::Unavailable,
-        _ => WorkErrorKind::Internal,
-    }
-}
-
 impl Scheduler {
     pub fn run(mut self) {
         loop {
@@ -321,9 +313,14 @@ impl Scheduler {
         let used = self.run_batch(picked, &mut failed);
         for (i, e) in failed {
             let seq = &mut self.active[i];
-            tracing::warn!(id = %seq.req.id, error = %e, "request failed on the worker");
+            let kind = e.kind();
+            if kind == WorkErrorKind::Internal {
+                tracing::error!(id = %seq.req.id, error = %e, "request failed on the worker");
+            } else {
+                tracing::warn!(id = %seq.req.id, error = %e, "request failed on the worker");
+            }
             seq.send(WorkEvent::Error {
-                kind: error_kind(&e),
+                kind,
                 message: e.to_string(),
             });
             seq.phase = Phase::Done;

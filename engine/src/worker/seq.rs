@@ -223,7 +223,7 @@ impl Seq {
             Piece::Decode => {
                 let toks = self.decoding.tokens();
                 if toks.is_empty() {
-                    return Err(EngineError::BadRequest(
+                    return Err(EngineError::Internal(
                         "decode before the first token".into(),
                     ));
                 }

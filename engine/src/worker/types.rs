@@ -168,15 +168,23 @@ pub enum WorkEvent {
     },
 }
 
-/// Who is at fault when a request fails on a worker.
+/// Who is at fault when a request fails on a worker, and whether another
+/// worker may take it ([`crate::EngineError::kind`] gives an engine
+/// error's). It travels in `WorkEvent::Error` and in a remote worker's
+/// error bodies; a kind this build does not know reads as `internal`, so
+/// an older gateway's parse never fails on a newer worker's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkErrorKind {
     /// The request itself is wrong (bad option, prompt too long).
     BadRequest,
-    /// The worker is overloaded or shutting down: another may take it.
+    /// The worker is full (`max_running + max_waiting` requests): another
+    /// may take it now, this one later.
+    Overloaded,
+    /// The worker is shutting down or draining: another may take it.
     Unavailable,
     /// A bug or fault inside the worker.
+    #[serde(other)]
     Internal,
 }
 

@@ -23,7 +23,7 @@ use crate::worker::WorkerPool;
 pub use limits_redis::SharedLimits;
 pub use placement::{PlaceRequest, Reservation};
 pub use prefixes::{InFlightPrefixes, PrefixChunks, chunk_ids};
-pub use queue::SlotGuard;
+pub use queue::{SlotGuard, Wait};
 pub use tenants::{TenantEntry, TenantPermit, Tenants};
 
 /// What a reload replaces: the tenants and the policy.

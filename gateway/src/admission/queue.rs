@@ -6,22 +6,27 @@
 //! per healthy worker.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cake_policy::{FairQueue, QueueFull, Share};
+use cake_policy::{FairQueue, QueueFull, Share, SlotMeter};
 use tokio::sync::oneshot;
 
 use super::Admission;
 use crate::config::PolicyConfig;
 use crate::telemetry as tm;
 
+/// Slot holds the queue's drain rate is measured over.
+const METER_WINDOW: usize = 32;
+
 struct Waiter {
     tx: oneshot::Sender<SlotGuard>,
+    cost: u64,
 }
 
 pub(super) struct Sched {
     queue: FairQueue<Waiter, String>,
     running: usize,
+    meter: SlotMeter,
 }
 
 impl Sched {
@@ -29,6 +34,7 @@ impl Sched {
         Sched {
             queue: FairQueue::new(p.fair_quantum_tokens, p.queue_per_tenant, p.queue_total),
             running: 0,
+            meter: SlotMeter::new(METER_WINDOW),
         }
     }
 
@@ -40,19 +46,62 @@ impl Sched {
 }
 
 /// One dispatch slot, given back (and the next waiter served) when
-/// dropped.
+/// dropped; how long it was held goes into the queue's [`SlotMeter`].
 pub struct SlotGuard {
     adm: Arc<Admission>,
     armed: bool,
+    since: Instant,
+    cost: u64,
+}
+
+impl SlotGuard {
+    fn new(adm: &Arc<Admission>, cost: u64) -> SlotGuard {
+        SlotGuard {
+            adm: adm.clone(),
+            armed: true,
+            since: Instant::now(),
+            cost,
+        }
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         if self.armed {
             let mut s = self.adm.sched.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = self.adm.capacity();
+            let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
+            s.meter
+                .record(self.cost, self.since.elapsed(), Instant::now(), saturated);
             self.adm.pump_locked(&mut s);
         }
+    }
+}
+
+/// A request's predicted wait before its worker starts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wait {
+    /// In the gateway's queue, until a dispatch slot is its.
+    pub queue: Duration,
+    /// In the chosen worker's own queue (its backlog ahead).
+    pub worker: Duration,
+    /// Until the next dispatch slot frees (zero when one is free now).
+    pub next_slot: Duration,
+}
+
+impl Wait {
+    /// Queue and worker together: what the queue deadline bounds.
+    pub fn total(&self) -> Duration {
+        self.queue.saturating_add(self.worker)
+    }
+
+    /// When a request refused for this wait should come back: once the
+    /// backlog ahead has drained enough for it to fit within `deadline`,
+    /// and no sooner than the next slot frees. Whole seconds, at least 1,
+    /// are the header's business.
+    pub fn retry_after(&self, deadline: Duration) -> Duration {
+        self.total().saturating_sub(deadline).max(self.next_slot)
     }
 }
 
@@ -70,8 +119,6 @@ impl Admission {
         }
     }
 
-    /// Prompt tokens queued ahead of a new request of `cost` from `tenant`
-    /// (its own cost not counted).
     /// Slots beyond [`Admission::capacity`] that requests of priority above
     /// 0 may take.
     fn headroom(&self) -> usize {
@@ -82,11 +129,36 @@ impl Admission {
         (p.priority_headroom as usize).saturating_mul(self.pool.healthy().max(1))
     }
 
-    pub fn work_ahead(&self, tenant: &str, share: Share, cost: u64) -> u64 {
+    /// The gateway part of a new request's predicted [`Wait`] (its
+    /// `worker` part left at zero): nothing when a slot is free and no one
+    /// waits; else the work queued ahead of it, its own included, at the
+    /// slots' measured rate ([`SlotMeter`]), or at `fallback_rate` prompt
+    /// tokens per second (the fleet's prefill rate) before any slot was
+    /// given back.
+    pub fn queue_wait(&self, tenant: &str, share: Share, cost: u64, fallback_rate: f64) -> Wait {
+        let cap = self.capacity();
         let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
-        s.queue
-            .work_ahead(&tenant.to_string(), share, cost)
-            .saturating_sub(cost.max(1))
+        if cap == usize::MAX || (s.running < cap && s.queue.is_empty()) {
+            return Wait::default();
+        }
+        let ahead = s.queue.work_ahead(&tenant.to_string(), share, cost);
+        let queue = s
+            .meter
+            .queue_wait(ahead, cap)
+            .unwrap_or_else(|| cake_policy::queue_wait(ahead, fallback_rate));
+        Wait {
+            queue,
+            worker: Duration::ZERO,
+            next_slot: s.meter.next_free(cap).unwrap_or_default(),
+        }
+    }
+
+    /// Predicted time until one of the requests in flight gives its slot
+    /// back: the measured mean hold shared among them (zero before any
+    /// was measured). What a full worker's refusal says to wait.
+    pub fn next_slot(&self) -> Duration {
+        let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        s.meter.next_free(s.running.max(1)).unwrap_or_default()
     }
 
     /// Queues a request; the receiver yields its slot when it is served,
@@ -112,10 +184,7 @@ impl Admission {
             && s.running < self.capacity().saturating_add(self.headroom())
         {
             s.running += 1;
-            let g = SlotGuard {
-                adm: self.clone(),
-                armed: true,
-            };
+            let g = SlotGuard::new(self, cost);
             tm::queue_waiting(s.queue.len(), s.running);
             if let Err(mut g) = tx.send(g) {
                 g.armed = false;
@@ -128,7 +197,7 @@ impl Admission {
                 tenant.to_string(),
                 share,
                 cost,
-                Waiter { tx },
+                Waiter { tx, cost },
                 Some(deadline),
             )
             .map_err(|e| QueueFull {
@@ -156,10 +225,7 @@ impl Admission {
                 break;
             };
             s.running += 1;
-            let g = SlotGuard {
-                adm: self.clone(),
-                armed: true,
-            };
+            let g = SlotGuard::new(self, w.cost);
             if let Err(mut g) = w.tx.send(g) {
                 // The waiter left (client gone or timed out).
                 g.armed = false;

@@ -15,7 +15,9 @@ fn status(e: &GatewayError) -> StatusCode {
         UnknownModel(_) | NotFound { .. } => StatusCode::NOT_FOUND,
         BodyTooLarge { .. } | PromptTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        NoHealthyWorker(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        NoHealthyWorker { .. } | Overloaded { .. } | ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         WorkerFailed { .. } => StatusCode::BAD_GATEWAY,
         WorkerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -37,18 +39,17 @@ pub fn error_body(e: &GatewayError) -> serde_json::Value {
 /// The response for `e`.
 pub fn error_response(e: &GatewayError) -> Response<Body> {
     let mut r = json_response(status(e), &error_body(e));
-    if let GatewayError::RateLimited { retry_after, .. } = e {
-        let secs = cake_policy::retry_after_secs(*retry_after);
+    // A draining server cannot say when it will serve again (it will
+    // not): the next replica behind the load balancer may, so soon.
+    let retry_after = match e {
+        GatewayError::ShuttingDown => Some(std::time::Duration::from_secs(1)),
+        _ => e.retry_after(),
+    };
+    if let Some(d) = retry_after {
+        let secs = cake_policy::retry_after_secs(d);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             r.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
-    }
-    if matches!(
-        e,
-        GatewayError::NoHealthyWorker(_) | GatewayError::ShuttingDown
-    ) {
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
 }

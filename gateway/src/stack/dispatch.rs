@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use cake_engine::TokenLogprob;
-use cake_engine::worker::{TokenEvent, Usage, WorkErrorKind, WorkEvent, WorkRequest};
+use cake_engine::worker::{TokenEvent, Usage, WorkEvent, WorkRequest};
 use futures::StreamExt;
 use http::{Response, StatusCode};
 use tower::Service;
@@ -34,18 +34,10 @@ impl Dispatch {
     }
 }
 
-fn error_of(kind: WorkErrorKind, message: String) -> WorkerError {
-    match kind {
-        WorkErrorKind::BadRequest => WorkerError::BadRequest(message),
-        WorkErrorKind::Unavailable => WorkerError::Unavailable(message),
-        WorkErrorKind::Internal => WorkerError::Internal(message),
-    }
-}
-
 /// A worker's event as a result: its `Error` event becomes an error.
 pub(crate) fn event_result(ev: WorkEvent) -> Result<WorkEvent, WorkerError> {
     match ev {
-        WorkEvent::Error { kind, message } => Err(error_of(kind, message)),
+        WorkEvent::Error { kind, message } => Err(WorkerError::from_kind(kind, message)),
         other => Ok(other),
     }
 }
@@ -65,7 +57,11 @@ pub(crate) async fn next_event(
     }
 }
 
-/// A worker error as the client sees it.
+/// A worker error as the client sees it (the one place): the client's
+/// fault is a 400, a fault inside the worker a 500, a worker that broke or
+/// went silent 502 / 504. A full worker is retried on the next one, so it
+/// reaches the client only as [`GatewayError::Overloaded`] once every one
+/// tried was full (see [`dispatch`]).
 pub(crate) fn gateway_error(worker: &str, e: WorkerError) -> GatewayError {
     match e {
         WorkerError::BadRequest(m) => {
@@ -75,7 +71,11 @@ pub(crate) fn gateway_error(worker: &str, e: WorkerError) -> GatewayError {
             worker: worker.to_string(),
             after,
         },
-        other => GatewayError::WorkerFailed {
+        WorkerError::Internal(m) => GatewayError::Internal(format!("worker {worker}: {m}")),
+        other @ (WorkerError::Unreachable(_)
+        | WorkerError::Overloaded(_)
+        | WorkerError::Unavailable(_)
+        | WorkerError::Unsupported(_)) => GatewayError::WorkerFailed {
             worker: worker.to_string(),
             message: other.to_string(),
         },
@@ -134,7 +134,9 @@ async fn collect(
                 c.usage = usage;
                 return Ok(c);
             }
-            WorkEvent::Error { kind, message } => return Err(error_of(kind, message)),
+            WorkEvent::Error { kind, message } => {
+                return Err(WorkerError::from_kind(kind, message));
+            }
         }
         ev = next_event(&mut events, idle).await?;
     }
@@ -217,6 +219,8 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
     };
     let pool = &state.pool;
     let mut last: Option<(String, WorkerError)> = None;
+    // Whether every worker tried was full (none broken or down).
+    let mut all_full = true;
     let candidates = ctx.candidates.clone();
     for slot in candidates.iter().take(state.server.max_attempts) {
         ctx.rid
@@ -227,6 +231,7 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
         let (first, events) = match start(slot, req.clone()).await {
             Ok(x) => x,
             Err(e) if e.retryable() => {
+                all_full &= matches!(e, WorkerError::Overloaded(_));
                 failed(pool, slot, &e);
                 last = Some((slot.name().to_string(), e));
                 continue;
@@ -258,7 +263,11 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
         };
         let c = match c {
             Ok(c) => c,
-            Err(e @ (WorkerError::Unreachable(_) | WorkerError::Unavailable(_))) => {
+            Err(
+                e @ (WorkerError::Unreachable(_)
+                | WorkerError::Overloaded(_)
+                | WorkerError::Unavailable(_)),
+            ) => {
                 failed(pool, slot, &e);
                 last = Some((slot.name().to_string(), e));
                 continue;
@@ -277,8 +286,15 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
         );
         return Ok(json_response(StatusCode::OK, &body));
     }
+    let full = all_full && last.is_some();
     let detail = last.map_or(String::new(), |(w, e)| format!(" (last: worker {w}: {e})"));
-    Err(GatewayError::NoHealthyWorker(detail))
+    if full {
+        return Err(GatewayError::Overloaded {
+            detail,
+            retry_after: state.admission.next_slot(),
+        });
+    }
+    Err(super::admit::no_healthy_worker(&state).with_detail(detail))
 }
 
 impl Service<GenCtx> for Dispatch {

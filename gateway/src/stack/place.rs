@@ -63,9 +63,9 @@ where
             chunks: ctx.chunks.as_ref(),
         };
         let Some((order, reservation, _)) = self.state.admission.place(&req) else {
-            return Box::pin(futures::future::ready(Err(GatewayError::NoHealthyWorker(
-                String::new(),
-            ))));
+            return Box::pin(futures::future::ready(Err(
+                super::admit::no_healthy_worker(&self.state),
+            )));
         };
         ctx.candidates = order;
         ctx.held.reservation = Some(reservation);

@@ -136,9 +136,8 @@ where
                             Fault::Client | Fault::TenantLimit => {
                                 tracing::info!(error = %e, "request refused")
                             }
-                            Fault::Worker | Fault::Internal => {
-                                tracing::warn!(error = %e, "request failed")
-                            }
+                            Fault::Worker => tracing::warn!(error = %e, "request failed"),
+                            Fault::Internal => tracing::error!(error = %e, "request failed"),
                         }
                         error_response(&e)
                     }

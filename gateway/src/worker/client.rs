@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use cake_engine::worker::WorkErrorKind;
+
 use super::WorkerError;
 
 /// A pooled HTTP/1 client to one base URL.
@@ -95,14 +97,33 @@ impl HttpClient {
     }
 }
 
+/// A `cake worker`'s error body: `{"error": {"kind", "message"}}`.
+#[derive(serde::Deserialize)]
+struct KindBody {
+    error: KindError,
+}
+
+#[derive(serde::Deserialize)]
+struct KindError {
+    kind: WorkErrorKind,
+    message: String,
+}
+
+/// A refusal as a worker error: by the body's `kind` when it has one (a
+/// `cake worker`), else by the status (an OpenAI server, an older worker,
+/// a proxy in between).
 fn status_error(status: StatusCode, text: String) -> WorkerError {
+    if let Ok(b) = serde_json::from_str::<KindBody>(&text) {
+        return WorkerError::from_kind(b.error.kind, b.error.message);
+    }
     let msg = format!(
         "HTTP {status}: {}",
         text.chars().take(500).collect::<String>()
     );
     match status.as_u16() {
         400 | 404 | 413 | 422 => WorkerError::BadRequest(msg),
-        429 | 503 => WorkerError::Unavailable(msg),
+        429 => WorkerError::Overloaded(msg),
+        503 => WorkerError::Unavailable(msg),
         502 | 504 => WorkerError::Unreachable(msg),
         _ => WorkerError::Internal(msg),
     }

@@ -1,6 +1,5 @@
 //! An engine in the gateway's own process.
 
-use cake_engine::EngineError;
 use cake_engine::worker::{Classification, Engine, LoadReport, WorkRequest};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -29,15 +28,6 @@ impl EmbeddedWorker {
     }
 }
 
-pub(crate) fn engine_error(e: EngineError) -> WorkerError {
-    match e {
-        EngineError::PromptTooLong { .. } | EngineError::BadRequest(_) => {
-            WorkerError::BadRequest(e.to_string())
-        }
-        other => WorkerError::Internal(other.to_string()),
-    }
-}
-
 impl Worker for EmbeddedWorker {
     fn name(&self) -> &str {
         &self.name
@@ -48,12 +38,16 @@ impl Worker for EmbeddedWorker {
     }
 
     fn submit(&self, req: WorkRequest) -> BoxFuture<'static, Result<EventStream, WorkerError>> {
-        let res = self.engine.submit(req).map_err(engine_error).map(|mut rx| {
-            let s: EventStream = Box::pin(futures::stream::poll_fn(move |cx| {
-                rx.poll_recv(cx).map(|ev| ev.map(Ok))
-            }));
-            s
-        });
+        let res = self
+            .engine
+            .submit(req)
+            .map_err(WorkerError::from)
+            .map(|mut rx| {
+                let s: EventStream = Box::pin(futures::stream::poll_fn(move |cx| {
+                    rx.poll_recv(cx).map(|ev| ev.map(Ok))
+                }));
+                s
+            });
         futures::future::ready(res).boxed()
     }
 

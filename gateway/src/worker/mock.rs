@@ -63,6 +63,9 @@ struct Inner {
     last: std::sync::Mutex<Option<WorkRequest>>,
     /// A load report to answer with instead of the real one.
     fake_load: std::sync::Mutex<Option<LoadReport>>,
+    /// Every request fails with this kind, as an engine's error would:
+    /// `overloaded` at submit, the others as the first event.
+    fail: std::sync::Mutex<Option<WorkErrorKind>>,
 }
 
 /// Stored chunks are namespaced by cache group, as the engine's chunk keys
@@ -88,6 +91,7 @@ impl MockWorker {
                 stored: DashSet::new(),
                 last: std::sync::Mutex::new(None),
                 fake_load: std::sync::Mutex::new(None),
+                fail: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -114,6 +118,15 @@ impl MockWorker {
     /// The last request submitted.
     pub fn last_request(&self) -> Option<WorkRequest> {
         self.inner.last.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Fails every request with `kind` (`None`: serves again): a full
+    /// engine refuses at submit (`overloaded`), other kinds come as the
+    /// request's first event, as an engine's step failure does.
+    pub fn fail_with(&self, kind: Option<WorkErrorKind>) {
+        if let Ok(mut g) = self.inner.fail.lock() {
+            *g = kind;
+        }
     }
 
     /// Answers load checks with `report` (`None`: the real one again).
@@ -182,6 +195,14 @@ impl Worker for MockWorker {
             let e = WorkerError::Unreachable(format!("{} is down", self.inner.name));
             return futures::future::ready(Err(e)).boxed();
         }
+        let fail = self.inner.fail.lock().ok().and_then(|g| *g);
+        if fail == Some(WorkErrorKind::Overloaded) {
+            let e = WorkerError::from_kind(
+                WorkErrorKind::Overloaded,
+                format!("{} has every slot taken", self.inner.name),
+            );
+            return futures::future::ready(Err(e)).boxed();
+        }
         self.inner.submitted.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut g) = self.inner.last.lock() {
             *g = Some(req.clone());
@@ -189,6 +210,11 @@ impl Worker for MockWorker {
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
         tokio::spawn(async move {
+            if let Some(kind) = fail {
+                let message = format!("{kind:?} fault injected into the mock");
+                let _ = tx.send(WorkEvent::Error { kind, message }).await;
+                return;
+            }
             let arrived = Instant::now();
             let cls = me.classification(&req.prompt, &req.cache_group);
             let o = &req.options;

@@ -15,7 +15,8 @@ mod server;
 
 use std::time::Duration;
 
-use cake_engine::worker::{Classification, LoadReport, WorkEvent, WorkRequest};
+use cake_engine::EngineError;
+use cake_engine::worker::{Classification, LoadReport, WorkErrorKind, WorkEvent, WorkRequest};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
@@ -40,7 +41,11 @@ pub enum WorkerError {
     /// It did not answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// It is overloaded or shutting down; another may take the request.
+    /// It is full (its engine's `max_running + max_waiting`); another may
+    /// take the request now. Not a health failure.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// It is shutting down or draining; another may take the request.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// It refused the request as wrong.
@@ -55,17 +60,75 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// The one mapping from a worker-side kind to a worker error: an
+    /// engine's error in this process ([`From<EngineError>`]), a remote
+    /// worker's error event or error body read off the wire.
+    pub fn from_kind(kind: WorkErrorKind, message: String) -> WorkerError {
+        match kind {
+            WorkErrorKind::BadRequest => WorkerError::BadRequest(message),
+            WorkErrorKind::Overloaded => WorkerError::Overloaded(message),
+            WorkErrorKind::Unavailable => WorkerError::Unavailable(message),
+            WorkErrorKind::Internal => WorkerError::Internal(message),
+        }
+    }
+
+    /// The kind that carries this error on the wire (`cake worker`'s
+    /// answers): what [`WorkerError::from_kind`] reads back on the other
+    /// side. Whatever the server could not do itself (its own worker
+    /// unreachable or silent) is `unavailable`: another worker may try.
+    pub fn kind(&self) -> WorkErrorKind {
+        match self {
+            WorkerError::BadRequest(_) | WorkerError::Unsupported(_) => WorkErrorKind::BadRequest,
+            WorkerError::Overloaded(_) => WorkErrorKind::Overloaded,
+            WorkerError::Unavailable(_) | WorkerError::Unreachable(_) | WorkerError::Timeout(_) => {
+                WorkErrorKind::Unavailable
+            }
+            WorkerError::Internal(_) => WorkErrorKind::Internal,
+        }
+    }
+
+    /// The message alone, without the kind's prefix (what travels next to
+    /// the kind on the wire, so the far side says it the same way).
+    pub fn detail(&self) -> String {
+        match self {
+            WorkerError::Unreachable(m)
+            | WorkerError::Overloaded(m)
+            | WorkerError::Unavailable(m)
+            | WorkerError::BadRequest(m)
+            | WorkerError::Internal(m) => m.clone(),
+            WorkerError::Timeout(_) | WorkerError::Unsupported(_) => self.to_string(),
+        }
+    }
+
+    /// Whose fault it is: the client's (a bad request), or the worker's.
+    pub fn fault(&self) -> crate::error::Fault {
+        match self {
+            WorkerError::BadRequest(_) => crate::error::Fault::Client,
+            WorkerError::Internal(_) => crate::error::Fault::Internal,
+            _ => crate::error::Fault::Worker,
+        }
+    }
+
     /// Whether another worker may be tried (nothing was done).
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            WorkerError::Unreachable(_) | WorkerError::Timeout(_) | WorkerError::Unavailable(_)
+            WorkerError::Unreachable(_)
+                | WorkerError::Timeout(_)
+                | WorkerError::Overloaded(_)
+                | WorkerError::Unavailable(_)
         )
     }
 
     /// Whether this counts against the worker's health.
     pub fn is_health_failure(&self) -> bool {
         matches!(self, WorkerError::Unreachable(_) | WorkerError::Timeout(_))
+    }
+}
+
+impl From<EngineError> for WorkerError {
+    fn from(e: EngineError) -> WorkerError {
+        WorkerError::from_kind(e.kind(), e.to_string())
     }
 }
 

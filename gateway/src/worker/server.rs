@@ -88,16 +88,28 @@ fn error(status: StatusCode, kind: WorkErrorKind, message: String) -> Response<B
     )
 }
 
+/// The status of an error body of `kind`. The body's `kind` is what the
+/// gateway reads ([`WorkerError::from_kind`]); the status is for other
+/// clients, and for gateways older than the kind in the body.
+fn status_of(kind: WorkErrorKind) -> StatusCode {
+    match kind {
+        WorkErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        WorkErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        WorkErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        WorkErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn worker_error(e: WorkerError) -> Response<Body> {
-    let (status, kind) = match &e {
-        WorkerError::BadRequest(_) => (StatusCode::BAD_REQUEST, WorkErrorKind::BadRequest),
-        WorkerError::Unavailable(_) | WorkerError::Unreachable(_) | WorkerError::Timeout(_) => {
-            (StatusCode::SERVICE_UNAVAILABLE, WorkErrorKind::Unavailable)
-        }
-        WorkerError::Unsupported(_) => (StatusCode::NOT_FOUND, WorkErrorKind::BadRequest),
-        WorkerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, WorkErrorKind::Internal),
+    let kind = e.kind();
+    let status = match e {
+        WorkerError::Unsupported(_) => StatusCode::NOT_FOUND,
+        _ => status_of(kind),
     };
-    error(status, kind, e.to_string())
+    if kind == WorkErrorKind::Internal {
+        tracing::error!(error = %e, "worker failed inside");
+    }
+    error(status, kind, e.detail())
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
@@ -141,12 +153,8 @@ async fn handle(
                     // receiver in it) is dropped when the gateway hangs up.
                     let lines = events.map(|ev| {
                         let ev = ev.unwrap_or_else(|e| WorkEvent::Error {
-                            kind: if e.retryable() {
-                                WorkErrorKind::Unavailable
-                            } else {
-                                WorkErrorKind::Internal
-                            },
-                            message: e.to_string(),
+                            kind: e.kind(),
+                            message: e.detail(),
                         });
                         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                         line.push(b'\n');

@@ -1,0 +1,202 @@
+//! How fast the gateway's dispatch slots turn over, measured: each request
+//! that held a slot says its prompt tokens and how long it held it (from
+//! the slot's grant to its response's end: the worker's own queue, the
+//! prefill and the decode together). From the recent ones, the queue's
+//! drain rate and the time until a slot frees follow — what a request
+//! waiting in the queue will really see, where the cost model's prefill
+//! rate alone leaves out decoding and the worker's queue.
+//!
+//! While every slot stays taken, the releases themselves say the drain
+//! rate too (prompt tokens given back per second): when that is slower
+//! than the holds say (the machine slowed down: a hold measured earlier
+//! was shorter than the next will be), the slower one counts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::load::secs;
+
+/// The last `window` slot holds (see the module docs).
+#[derive(Debug, Clone)]
+pub struct SlotMeter {
+    window: usize,
+    holds: VecDeque<Hold>,
+    tokens: u64,
+    held: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    tokens: u64,
+    held: Duration,
+    /// When the slot was given back.
+    at: Instant,
+    /// Whether every slot was taken (or requests waited) then.
+    saturated: bool,
+}
+
+impl SlotMeter {
+    /// A meter over the last `window` holds (at least one).
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(1),
+            holds: VecDeque::new(),
+            tokens: 0,
+            held: Duration::ZERO,
+        }
+    }
+
+    /// A request of `tokens` prompt tokens gave its slot back at `at`
+    /// after `held`; `saturated`: every slot was taken or requests waited.
+    pub fn record(&mut self, tokens: u64, held: Duration, at: Instant, saturated: bool) {
+        let tokens = tokens.max(1);
+        if self.holds.len() == self.window
+            && let Some(h) = self.holds.pop_front()
+        {
+            self.tokens -= h.tokens;
+            self.held = self.held.saturating_sub(h.held);
+        }
+        self.holds.push_back(Hold {
+            tokens,
+            held,
+            at,
+            saturated,
+        });
+        self.tokens += tokens;
+        self.held += held;
+    }
+
+    /// Prompt tokens given back per second over the window, when every
+    /// release in it came while the slots were all taken (otherwise the
+    /// releases measure the arrivals, not the drain); `None` else.
+    pub fn release_rate(&self) -> Option<f64> {
+        let (first, last) = (self.holds.front()?, self.holds.back()?);
+        if self.holds.len() < 2 || !self.holds.iter().all(|h| h.saturated) {
+            return None;
+        }
+        let span = last.at.saturating_duration_since(first.at).as_secs_f64();
+        let tokens = self.tokens - first.tokens;
+        (span > 0.0).then(|| tokens as f64 / span)
+    }
+
+    /// Holds measured (at most the window).
+    pub fn len(&self) -> usize {
+        self.holds.len()
+    }
+
+    /// Whether nothing was measured yet.
+    pub fn is_empty(&self) -> bool {
+        self.holds.is_empty()
+    }
+
+    /// Prompt tokens one slot serves per second; `None` until measured.
+    pub fn tokens_per_slot_sec(&self) -> Option<f64> {
+        let h = self.held.as_secs_f64();
+        (h > 0.0).then(|| self.tokens as f64 / h)
+    }
+
+    /// The mean hold; `None` until measured.
+    pub fn mean_hold(&self) -> Option<Duration> {
+        let n = u32::try_from(self.holds.len()).ok().filter(|&n| n > 0)?;
+        Some(self.held / n)
+    }
+
+    /// Predicted wait until a request with `work_ahead` prompt tokens
+    /// queued ahead of it (its own included) gets one of `slots` busy
+    /// slots: that work at the slots' measured rate. `None` until measured
+    /// (or with no slot): the caller decides on other evidence.
+    pub fn queue_wait(&self, work_ahead: u64, slots: usize) -> Option<Duration> {
+        let mut rate = self.tokens_per_slot_sec()? * slots as f64;
+        if let Some(r) = self.release_rate() {
+            rate = rate.min(r);
+        }
+        (rate > 0.0).then(|| secs(work_ahead as f64 / rate))
+    }
+
+    /// Predicted time until the next of `slots` busy slots frees: the mean
+    /// hold shared among them. `None` until measured (or with no slot).
+    pub fn next_free(&self, slots: usize) -> Option<Duration> {
+        let n = u32::try_from(slots).ok().filter(|&n| n > 0)?;
+        Some(self.mean_hold()? / n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    /// Records holds given back one second apart, from `t0`.
+    fn holds(m: &mut SlotMeter, t0: Instant, holds: &[(u64, f64)], saturated: bool) {
+        for (i, &(t, h)) in holds.iter().enumerate() {
+            m.record(t, s(h), t0 + s(i as f64), saturated);
+        }
+    }
+
+    #[test]
+    fn unmeasured_says_nothing() {
+        let m = SlotMeter::new(8);
+        assert!(m.is_empty());
+        assert_eq!(m.tokens_per_slot_sec(), None);
+        assert_eq!(m.queue_wait(1000, 4), None);
+        assert_eq!(m.next_free(4), None);
+    }
+
+    #[test]
+    fn rates_come_from_the_holds() {
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, Instant::now(), &[(100, 1.0), (300, 3.0)], false);
+        assert_eq!(m.tokens_per_slot_sec(), Some(100.0));
+        assert_eq!(m.mean_hold(), Some(s(2.0)));
+        // 2000 tokens ahead, 4 slots at 100 tokens/s each: 5 s.
+        assert_eq!(m.queue_wait(2000, 4), Some(s(5.0)));
+        assert_eq!(m.next_free(4), Some(s(0.5)));
+        assert_eq!(m.next_free(0), None);
+        assert_eq!(m.queue_wait(2000, 0), None);
+    }
+
+    #[test]
+    fn the_window_forgets_old_holds() {
+        let mut m = SlotMeter::new(2);
+        holds(
+            &mut m,
+            Instant::now(),
+            &[(1000, 1.0), (100, 1.0), (100, 1.0)],
+            false,
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.tokens_per_slot_sec(), Some(100.0));
+    }
+
+    #[test]
+    fn instant_holds_do_not_divide_by_zero() {
+        let mut m = SlotMeter::new(4);
+        m.record(0, Duration::ZERO, Instant::now(), true);
+        assert_eq!(m.tokens_per_slot_sec(), None);
+        assert_eq!(m.queue_wait(10, 1), None);
+        assert_eq!(m.next_free(1), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn saturated_releases_slower_than_the_holds_say_count() {
+        let t0 = Instant::now();
+        // Holds say 100 tokens per slot-second: 400/s on 4 slots; the
+        // releases, one a second, give back only 100/s.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], true);
+        assert_eq!(m.release_rate(), Some(100.0));
+        assert_eq!(m.queue_wait(1000, 4), Some(s(10.0)));
+        // Not saturated: the releases follow the arrivals; the holds rule.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], false);
+        assert_eq!(m.release_rate(), None);
+        assert_eq!(m.queue_wait(1000, 4), Some(s(2.5)));
+        // Releases faster than the holds say: the holds still rule.
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(1000, 1.0), (1000, 1.0)], true);
+        assert_eq!(m.queue_wait(1000, 1), Some(s(1.0)));
+    }
+}
