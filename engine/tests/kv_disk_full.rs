@@ -21,10 +21,15 @@ struct SmallDisk {
     refused: AtomicU64,
 }
 
+/// Bytes of chunk files under `dir`. The store renames and deletes files
+/// while this walks, so an entry (or folder) gone meanwhile counts as 0.
 fn used(dir: &Path) -> u64 {
     let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let m = e.metadata().unwrap();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
         if m.is_dir() {
             n += used(&e.path());
         } else if e.path().extension().is_some_and(|x| x == "kv") {
