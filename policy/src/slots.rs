@@ -16,13 +16,27 @@ use std::time::{Duration, Instant};
 
 use crate::load::secs;
 
-/// The last `window` slot holds (see the module docs).
+/// The last `window` slot holds (see the module docs), and the holds
+/// still open.
 #[derive(Debug, Clone)]
 pub struct SlotMeter {
     window: usize,
     holds: VecDeque<Hold>,
     tokens: u64,
     held: Duration,
+    open: Open,
+}
+
+/// The slots held now: how many, their prompt tokens, and the sum of
+/// their grant instants (as offsets from `base`), so that their total age
+/// at any instant is one subtraction.
+#[derive(Debug, Clone)]
+struct Open {
+    /// The first grant seen (offsets are from it).
+    base: Option<Instant>,
+    count: u64,
+    tokens: u64,
+    since_sum: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +57,46 @@ impl SlotMeter {
             holds: VecDeque::new(),
             tokens: 0,
             held: Duration::ZERO,
+            open: Open {
+                base: None,
+                count: 0,
+                tokens: 0,
+                since_sum: Duration::ZERO,
+            },
         }
+    }
+
+    /// A slot was granted at `at` to a request of `tokens` prompt tokens.
+    pub fn opened(&mut self, tokens: u64, at: Instant) {
+        let o = &mut self.open;
+        let base = *o.base.get_or_insert(at);
+        o.count += 1;
+        o.tokens += tokens.max(1);
+        o.since_sum += at.saturating_duration_since(base);
+    }
+
+    /// The slot granted at `since` for `tokens` was given back (recorded or
+    /// not).
+    pub fn closed(&mut self, tokens: u64, since: Instant) {
+        let o = &mut self.open;
+        let Some(base) = o.base else { return };
+        o.count = o.count.saturating_sub(1);
+        o.tokens = o.tokens.saturating_sub(tokens.max(1));
+        o.since_sum = o
+            .since_sum
+            .saturating_sub(since.saturating_duration_since(base));
+    }
+
+    /// Prompt tokens per slot-second the open holds have served at most so
+    /// far (they are not done): a bound that catches holds growing longer
+    /// than the window measured (the machine slowed, decoding piled up).
+    /// `None` with nothing open or no age yet.
+    fn open_rate(&self, now: Instant) -> Option<f64> {
+        let o = &self.open;
+        let base = o.base.filter(|_| o.count > 0)?;
+        let now = now.saturating_duration_since(base).as_secs_f64() * o.count as f64;
+        let age = now - o.since_sum.as_secs_f64();
+        (age > 0.0).then(|| o.tokens as f64 / age)
     }
 
     /// A request of `tokens` prompt tokens gave its slot back at `at`
@@ -103,10 +156,16 @@ impl SlotMeter {
 
     /// Predicted wait until a request with `work_ahead` prompt tokens
     /// queued ahead of it (its own included) gets one of `slots` busy
-    /// slots: that work at the slots' measured rate. `None` until measured
-    /// (or with no slot): the caller decides on other evidence.
-    pub fn queue_wait(&self, work_ahead: u64, slots: usize) -> Option<Duration> {
-        let mut rate = self.tokens_per_slot_sec()? * slots as f64;
+    /// slots: that work at the slots' measured rate, or at the rate the
+    /// holds open at `now` have kept so far when that is slower. `None`
+    /// until measured (or with no slot): the caller decides on other
+    /// evidence.
+    pub fn queue_wait(&self, work_ahead: u64, slots: usize, now: Instant) -> Option<Duration> {
+        let mut per_slot = self.tokens_per_slot_sec()?;
+        if let Some(r) = self.open_rate(now) {
+            per_slot = per_slot.min(r);
+        }
+        let mut rate = per_slot * slots as f64;
         if let Some(r) = self.release_rate() {
             rate = rate.min(r);
         }
@@ -138,24 +197,26 @@ mod tests {
 
     #[test]
     fn unmeasured_says_nothing() {
+        let t0 = Instant::now();
         let m = SlotMeter::new(8);
         assert!(m.is_empty());
         assert_eq!(m.tokens_per_slot_sec(), None);
-        assert_eq!(m.queue_wait(1000, 4), None);
+        assert_eq!(m.queue_wait(1000, 4, t0), None);
         assert_eq!(m.next_free(4), None);
     }
 
     #[test]
     fn rates_come_from_the_holds() {
+        let t0 = Instant::now();
         let mut m = SlotMeter::new(8);
-        holds(&mut m, Instant::now(), &[(100, 1.0), (300, 3.0)], false);
+        holds(&mut m, t0, &[(100, 1.0), (300, 3.0)], false);
         assert_eq!(m.tokens_per_slot_sec(), Some(100.0));
         assert_eq!(m.mean_hold(), Some(s(2.0)));
         // 2000 tokens ahead, 4 slots at 100 tokens/s each: 5 s.
-        assert_eq!(m.queue_wait(2000, 4), Some(s(5.0)));
+        assert_eq!(m.queue_wait(2000, 4, t0), Some(s(5.0)));
         assert_eq!(m.next_free(4), Some(s(0.5)));
         assert_eq!(m.next_free(0), None);
-        assert_eq!(m.queue_wait(2000, 0), None);
+        assert_eq!(m.queue_wait(2000, 0, t0), None);
     }
 
     #[test]
@@ -173,10 +234,11 @@ mod tests {
 
     #[test]
     fn instant_holds_do_not_divide_by_zero() {
+        let t0 = Instant::now();
         let mut m = SlotMeter::new(4);
-        m.record(0, Duration::ZERO, Instant::now(), true);
+        m.record(0, Duration::ZERO, t0, true);
         assert_eq!(m.tokens_per_slot_sec(), None);
-        assert_eq!(m.queue_wait(10, 1), None);
+        assert_eq!(m.queue_wait(10, 1, t0), None);
         assert_eq!(m.next_free(1), Some(Duration::ZERO));
     }
 
@@ -188,15 +250,37 @@ mod tests {
         let mut m = SlotMeter::new(8);
         holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], true);
         assert_eq!(m.release_rate(), Some(100.0));
-        assert_eq!(m.queue_wait(1000, 4), Some(s(10.0)));
+        assert_eq!(m.queue_wait(1000, 4, t0), Some(s(10.0)));
         // Not saturated: the releases follow the arrivals; the holds rule.
         let mut m = SlotMeter::new(8);
         holds(&mut m, t0, &[(100, 1.0), (100, 1.0), (100, 1.0)], false);
         assert_eq!(m.release_rate(), None);
-        assert_eq!(m.queue_wait(1000, 4), Some(s(2.5)));
+        assert_eq!(m.queue_wait(1000, 4, t0), Some(s(2.5)));
         // Releases faster than the holds say: the holds still rule.
         let mut m = SlotMeter::new(8);
         holds(&mut m, t0, &[(1000, 1.0), (1000, 1.0)], true);
-        assert_eq!(m.queue_wait(1000, 1), Some(s(1.0)));
+        assert_eq!(m.queue_wait(1000, 1, t0), Some(s(1.0)));
+    }
+
+    /// Holds open longer than the window's holds say slow the prediction
+    /// down (the holds measured were from a quieter spell); young ones do
+    /// not speed it up.
+    #[test]
+    fn open_holds_older_than_the_measured_ones_count() {
+        let t0 = Instant::now();
+        let mut m = SlotMeter::new(8);
+        holds(&mut m, t0, &[(100, 1.0), (100, 1.0)], false);
+        // 4 slots at 100 tokens per slot-second: 1000 tokens in 2.5 s.
+        assert_eq!(m.queue_wait(1000, 4, t0), Some(s(2.5)));
+        // Two requests of 100 tokens each, granted at t0, still held 4 s
+        // later: at most 25 tokens per slot-second so far.
+        m.opened(100, t0);
+        m.opened(100, t0);
+        assert_eq!(m.queue_wait(1000, 4, t0 + s(0.5)), Some(s(2.5)));
+        assert_eq!(m.queue_wait(1000, 4, t0 + s(4.0)), Some(s(10.0)));
+        // Given back: the bound goes with them.
+        m.closed(100, t0);
+        m.closed(100, t0);
+        assert_eq!(m.queue_wait(1000, 4, t0 + s(4.0)), Some(s(2.5)));
     }
 }

@@ -55,13 +55,24 @@ pub struct SlotGuard {
 }
 
 impl SlotGuard {
-    fn new(adm: &Arc<Admission>, cost: u64) -> SlotGuard {
+    /// A slot granted now, counted open in the meter (under the sched lock).
+    fn new(adm: &Arc<Admission>, s: &mut Sched, cost: u64) -> SlotGuard {
+        let since = Instant::now();
+        s.meter.opened(cost, since);
         SlotGuard {
             adm: adm.clone(),
             armed: true,
-            since: Instant::now(),
+            since,
             cost,
         }
+    }
+
+    /// A slot that was never used (its waiter left): given back without a
+    /// hold to record.
+    fn disarm(&mut self, s: &mut Sched) {
+        self.armed = false;
+        s.running -= 1;
+        s.meter.closed(self.cost, self.since);
     }
 }
 
@@ -72,6 +83,7 @@ impl Drop for SlotGuard {
             let cap = self.adm.capacity();
             let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
+            s.meter.closed(self.cost, self.since);
             s.meter
                 .record(self.cost, self.since.elapsed(), Instant::now(), saturated);
             self.adm.pump_locked(&mut s);
@@ -144,7 +156,7 @@ impl Admission {
         let ahead = s.queue.work_ahead(&tenant.to_string(), share, cost);
         let queue = s
             .meter
-            .queue_wait(ahead, cap)
+            .queue_wait(ahead, cap, Instant::now())
             .unwrap_or_else(|| cake_policy::queue_wait(ahead, fallback_rate));
         Wait {
             queue,
@@ -184,11 +196,10 @@ impl Admission {
             && s.running < self.capacity().saturating_add(self.headroom())
         {
             s.running += 1;
-            let g = SlotGuard::new(self, cost);
+            let g = SlotGuard::new(self, &mut s, cost);
             tm::queue_waiting(s.queue.len(), s.running);
             if let Err(mut g) = tx.send(g) {
-                g.armed = false;
-                s.running -= 1;
+                g.disarm(&mut s);
             }
             return Ok(rx);
         }
@@ -225,11 +236,10 @@ impl Admission {
                 break;
             };
             s.running += 1;
-            let g = SlotGuard::new(self, w.cost);
+            let g = SlotGuard::new(self, s, w.cost);
             if let Err(mut g) = w.tx.send(g) {
                 // The waiter left (client gone or timed out).
-                g.armed = false;
-                s.running -= 1;
+                g.disarm(s);
             }
         }
         tm::queue_waiting(s.queue.len(), s.running);
