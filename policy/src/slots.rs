@@ -10,6 +10,14 @@
 //! rate too (prompt tokens given back per second): when that is slower
 //! than the holds say (the machine slowed down: a hold measured earlier
 //! was shorter than the next will be), the slower one counts.
+//!
+//! A prediction can still be short: the fair queue lets a lighter tenant
+//! ahead, decoding lengthens as batches grow. So the meter also keeps how
+//! long the recent long waits really took against what was predicted for
+//! them ([`SlotMeter::waited`]), and a prediction is scaled by the worst
+//! recent ratio ([`SlotMeter::calibrate`]): a request admitted near its
+//! deadline on a prediction that has been running short is refused at
+//! once instead of timing out in the queue.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,7 +33,18 @@ pub struct SlotMeter {
     tokens: u64,
     held: Duration,
     open: Open,
+    /// Actual over predicted for the last `window` waits of at least
+    /// [`CALIBRATED_WAIT`] predicted.
+    ratios: VecDeque<f64>,
 }
+
+/// Waits predicted shorter than this are not compared with what they
+/// took: a few milliseconds' jitter on a tiny prediction is no evidence
+/// that long predictions run short.
+pub const CALIBRATED_WAIT: Duration = Duration::from_secs(1);
+
+/// The most a prediction is scaled up by ([`SlotMeter::calibrate`]).
+pub const MAX_CALIBRATION: f64 = 3.0;
 
 /// The slots held now: how many, their prompt tokens, and the sum of
 /// their grant instants (as offsets from `base`), so that their total age
@@ -63,7 +82,34 @@ impl SlotMeter {
                 tokens: 0,
                 since_sum: Duration::ZERO,
             },
+            ratios: VecDeque::new(),
         }
+    }
+
+    /// A request predicted to wait `predicted` (uncalibrated: what
+    /// [`SlotMeter::queue_wait`] said) waited `actual` before its slot was
+    /// granted, or before it was refused at its deadline.
+    pub fn waited(&mut self, predicted: Duration, actual: Duration) {
+        if predicted < CALIBRATED_WAIT {
+            return;
+        }
+        if self.ratios.len() == self.window {
+            self.ratios.pop_front();
+        }
+        let r = actual.as_secs_f64() / predicted.as_secs_f64();
+        self.ratios.push_back(r.clamp(0.0, MAX_CALIBRATION));
+    }
+
+    /// The factor predictions are scaled by: the worst recent ratio of a
+    /// wait to its prediction, at least 1 (a prediction that ran long is
+    /// not shortened), at most [`MAX_CALIBRATION`].
+    pub fn correction(&self) -> f64 {
+        self.ratios.iter().copied().fold(1.0, f64::max)
+    }
+
+    /// `predicted` scaled by [`SlotMeter::correction`].
+    pub fn calibrate(&self, predicted: Duration) -> Duration {
+        predicted.mul_f64(self.correction())
     }
 
     /// A slot was granted at `at` to a request of `tokens` prompt tokens.
@@ -282,5 +328,29 @@ mod tests {
         m.closed(100, t0);
         m.closed(100, t0);
         assert_eq!(m.queue_wait(1000, 4, t0 + s(4.0)), Some(s(2.5)));
+    }
+
+    /// Waits that ran longer than predicted scale later predictions by the
+    /// worst recent ratio; short predictions and waits that ran short do
+    /// not; the window forgets.
+    #[test]
+    fn long_waits_that_ran_short_calibrate_the_prediction() {
+        let mut m = SlotMeter::new(2);
+        assert_eq!(m.calibrate(s(10.0)), s(10.0));
+        // Tiny predictions are not evidence.
+        m.waited(s(0.1), s(5.0));
+        assert_eq!(m.correction(), 1.0);
+        // A wait shorter than predicted does not shorten predictions.
+        m.waited(s(10.0), s(5.0));
+        assert_eq!(m.correction(), 1.0);
+        m.waited(s(10.0), s(15.0));
+        assert_eq!(m.calibrate(s(10.0)), s(15.0));
+        // Bounded.
+        m.waited(s(2.0), s(60.0));
+        assert_eq!(m.correction(), MAX_CALIBRATION);
+        // Forgotten after `window` more.
+        m.waited(s(10.0), s(10.0));
+        m.waited(s(10.0), s(11.0));
+        assert!((m.correction() - 1.1).abs() < 1e-9);
     }
 }

@@ -21,6 +21,10 @@ const METER_WINDOW: usize = 32;
 struct Waiter {
     tx: oneshot::Sender<SlotGuard>,
     cost: u64,
+    /// When it was queued, and the wait predicted for it then
+    /// (uncalibrated): what it took goes back into the meter.
+    queued: Instant,
+    predicted: Duration,
 }
 
 pub(super) struct Sched {
@@ -94,8 +98,13 @@ impl Drop for SlotGuard {
 /// A request's predicted wait before its worker starts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Wait {
-    /// In the gateway's queue, until a dispatch slot is its.
+    /// In the gateway's queue, until a dispatch slot is its: the
+    /// measured prediction scaled by how long recent waits ran past theirs
+    /// ([`SlotMeter::calibrate`]).
     pub queue: Duration,
+    /// The same before that scaling: what the waiter's real wait is
+    /// compared with.
+    pub queue_measured: Duration,
     /// In the chosen worker's own queue (its backlog ahead).
     pub worker: Duration,
     /// Until the next dispatch slot frees (zero when one is free now).
@@ -154,12 +163,13 @@ impl Admission {
             return Wait::default();
         }
         let ahead = s.queue.work_ahead(&tenant.to_string(), share, cost);
-        let queue = s
+        let measured = s
             .meter
             .queue_wait(ahead, cap, Instant::now())
             .unwrap_or_else(|| cake_policy::queue_wait(ahead, fallback_rate));
         Wait {
-            queue,
+            queue: s.meter.calibrate(measured),
+            queue_measured: measured,
             worker: Duration::ZERO,
             next_slot: s.meter.next_free(cap).unwrap_or_default(),
         }
@@ -173,14 +183,16 @@ impl Admission {
         s.meter.next_free(s.running.max(1)).unwrap_or_default()
     }
 
-    /// Queues a request; the receiver yields its slot when it is served,
-    /// and fails when its deadline passed first.
+    /// Queues a request predicted to wait `predicted` (the
+    /// `queue_measured` of its [`Wait`]); the receiver yields its slot when
+    /// it is served, and fails when its deadline passed first.
     pub fn enqueue(
         self: &Arc<Self>,
         tenant: &str,
         share: Share,
         cost: u64,
         deadline: Instant,
+        predicted: Duration,
     ) -> Result<oneshot::Receiver<SlotGuard>, QueueFull<()>> {
         let (tx, rx) = oneshot::channel();
         let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,7 +220,12 @@ impl Admission {
                 tenant.to_string(),
                 share,
                 cost,
-                Waiter { tx, cost },
+                Waiter {
+                    tx,
+                    cost,
+                    queued: Instant::now(),
+                    predicted,
+                },
                 Some(deadline),
             )
             .map_err(|e| QueueFull {
@@ -228,13 +245,17 @@ impl Admission {
 
     fn pump_locked(self: &Arc<Self>, s: &mut Sched) {
         let now = Instant::now();
-        // Dropping an expired waiter's sender tells it at once.
-        drop(s.queue.remove_expired(now));
+        // Dropping an expired waiter's sender tells it at once; its wait,
+        // the deadline, is the worst case the calibration must see.
+        for (_, w) in s.queue.remove_expired(now) {
+            s.meter.waited(w.predicted, now - w.queued);
+        }
         let cap = self.capacity();
         while s.running < cap {
             let Some((_, w)) = s.queue.pop(now) else {
                 break;
             };
+            s.meter.waited(w.predicted, now - w.queued);
             s.running += 1;
             let g = SlotGuard::new(self, s, w.cost);
             if let Err(mut g) = w.tx.send(g) {

@@ -1,7 +1,8 @@
 //! Admission, in order: the tenant's limits (prompt length: 413; request
 //! rate, prompt-token rate, concurrency: 429), then the predicted wait (the
-//! gateway's queue ahead at the slots' measured rate plus the chosen
-//! worker's own backlog): past the queue deadline, refused at once (429
+//! gateway's queue ahead at the slots' measured rate, scaled by how far
+//! recent waits ran past their predictions, plus the chosen worker's own
+//! backlog): past the queue deadline, refused at once (429
 //! `queue_timeout`), SLO or not; then SLO shedding (a request predicted to
 //! miss its tenant's TTFT objective is refused at once, 429), then a
 //! dispatch slot: at once when one is free and no one waits, otherwise in
@@ -149,7 +150,7 @@ async fn admit(state: &AppState, ctx: &mut GenCtx) -> Result<(), GatewayError> {
         }
     }
     let rx = adm
-        .enqueue(&name, share, cost, now + deadline)
+        .enqueue(&name, share, cost, now + deadline, wait.queue_measured)
         .map_err(|e| {
             limited(
                 &name,

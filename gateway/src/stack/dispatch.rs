@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 
 use cake_engine::TokenLogprob;
 use cake_engine::worker::{TokenEvent, Usage, WorkEvent, WorkRequest};
-use futures::StreamExt;
 use http::{Response, StatusCode};
 use tower::Service;
 
 use super::ctx::{AppState, BoxFut, GenCtx};
+use super::finish::{final_usage, gateway_error, record_finished};
 use super::stream::stream_response;
 use crate::api::{Renderer, usage_json};
 use crate::error::GatewayError;
 use crate::http::{Body, json_response};
 use crate::telemetry as tm;
-use crate::worker::{EventStream, WorkerError, WorkerPool, WorkerSlot};
+use crate::worker::{EventStream, WorkerError, WorkerPool, WorkerSlot, next_event};
 
 #[derive(Clone)]
 pub struct Dispatch {
@@ -31,54 +31,6 @@ pub struct Dispatch {
 impl Dispatch {
     pub fn new(state: Arc<AppState>) -> Dispatch {
         Dispatch { state }
-    }
-}
-
-/// A worker's event as a result: its `Error` event becomes an error.
-pub(crate) fn event_result(ev: WorkEvent) -> Result<WorkEvent, WorkerError> {
-    match ev {
-        WorkEvent::Error { kind, message } => Err(WorkerError::from_kind(kind, message)),
-        other => Ok(other),
-    }
-}
-
-/// The next event, at most `idle` away; the end of the stream before
-/// `Done` is an error.
-pub(crate) async fn next_event(
-    events: &mut EventStream,
-    idle: Duration,
-) -> Result<WorkEvent, WorkerError> {
-    match tokio::time::timeout(idle, events.next()).await {
-        Err(_) => Err(WorkerError::Timeout(idle)),
-        Ok(None) => Err(WorkerError::Unreachable(
-            "the event stream ended early".into(),
-        )),
-        Ok(Some(r)) => r.and_then(event_result),
-    }
-}
-
-/// A worker error as the client sees it (the one place): the client's
-/// fault is a 400, a fault inside the worker a 500, a worker that broke or
-/// went silent 502 / 504. A full worker is retried on the next one, so it
-/// reaches the client only as [`GatewayError::Overloaded`] once every one
-/// tried was full (see [`dispatch`]).
-pub(crate) fn gateway_error(worker: &str, e: WorkerError) -> GatewayError {
-    match e {
-        WorkerError::BadRequest(m) => {
-            GatewayError::field("request", format!("refused by worker {worker}: {m}"))
-        }
-        WorkerError::Timeout(after) => GatewayError::WorkerTimeout {
-            worker: worker.to_string(),
-            after,
-        },
-        WorkerError::Internal(m) => GatewayError::Internal(format!("worker {worker}: {m}")),
-        other @ (WorkerError::Unreachable(_)
-        | WorkerError::Overloaded(_)
-        | WorkerError::Unavailable(_)
-        | WorkerError::Unsupported(_)) => GatewayError::WorkerFailed {
-            worker: worker.to_string(),
-            message: other.to_string(),
-        },
     }
 }
 
@@ -140,47 +92,6 @@ async fn collect(
         }
         ev = next_event(&mut events, idle).await?;
     }
-}
-
-/// The usage the client sees: the worker's counts, the gateway's class and
-/// time to first token.
-pub(crate) fn final_usage(
-    ctx: &GenCtx,
-    slot: &WorkerSlot,
-    mut u: Usage,
-    first_token: Option<Instant>,
-) -> (Usage, f64) {
-    if u.prompt_tokens == 0 {
-        u.prompt_tokens = ctx.prompt.len();
-    }
-    if u.worker.is_empty() {
-        u.worker = slot.name().to_string();
-    }
-    if u.cached_tokens == 0 && u.loaded_tokens == 0 && u.computed_tokens == 0 {
-        u.cached_tokens = ctx.cached_tokens;
-        u.computed_tokens = u.prompt_tokens;
-    }
-    let ttft_ms = first_token.map_or(0.0, |t| (t - ctx.rid.received).as_secs_f64() * 1e3);
-    (u, ttft_ms)
-}
-
-/// Latency histograms and token counters of a finished request.
-pub(crate) fn record_finished(ctx: &GenCtx, u: &Usage, first_token: Option<Instant>) {
-    let now = Instant::now();
-    let class = ctx.class.as_str();
-    let ttft = first_token.map(|t| (t - ctx.rid.received).as_secs_f64());
-    let tpot = match (first_token, u.completion_tokens) {
-        (Some(t), n) if n > 1 => Some((now - t).as_secs_f64() / (n - 1) as f64),
-        _ => None,
-    };
-    tm::latencies(
-        &ctx.tenant.name,
-        class,
-        ttft,
-        tpot,
-        (now - ctx.rid.received).as_secs_f64(),
-    );
-    tm::tokens(class, u);
 }
 
 fn renderer(state: &AppState, ctx: &GenCtx) -> Renderer {

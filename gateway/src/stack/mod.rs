@@ -20,6 +20,7 @@ mod bounded;
 mod classify;
 mod ctx;
 mod dispatch;
+mod finish;
 mod parse;
 mod place;
 mod route;

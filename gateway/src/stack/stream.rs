@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::ctx::GenCtx;
-use super::dispatch::{final_usage, gateway_error, next_event, record_finished};
+use super::finish::{final_usage, gateway_error, record_finished};
 use crate::api::{Renderer, usage_json};
 use crate::http::{Body, error_body, stream_body};
 use crate::telemetry as tm;
-use crate::worker::{EventStream, InFlight, WorkerSlot};
+use crate::worker::{EventStream, InFlight, WorkerSlot, event_result, next_event};
 
 fn sse(v: &Value) -> Bytes {
     let mut out = b"data: ".to_vec();
@@ -75,7 +75,7 @@ async fn forward(
                 _ = out.tx.closed() => return Err(Stop::ClientGone),
             },
         };
-        match next.and_then(super::dispatch::event_result) {
+        match next.and_then(event_result) {
             Ok(WorkEvent::PromptLogprobs { .. }) => {}
             Ok(WorkEvent::Token(t)) => {
                 first_token.get_or_insert_with(Instant::now);

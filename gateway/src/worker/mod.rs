@@ -7,6 +7,7 @@
 
 mod client;
 mod embedded;
+mod events;
 mod mock;
 mod openai;
 mod pool;
@@ -23,6 +24,7 @@ use futures::stream::BoxStream;
 use crate::config::WorkerKind;
 
 pub use embedded::EmbeddedWorker;
+pub use events::{event_result, next_event};
 pub use mock::{MockOptions, MockWorker};
 pub use openai::OpenAiWorker;
 pub use pool::{InFlight, WorkerPool, WorkerSlot};
