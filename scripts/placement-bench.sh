@@ -20,7 +20,16 @@
 #   RATES="1.5 2" DURATION=90s POLICIES="adaptive least-loaded" scripts/placement-bench.sh
 #   LINKS="24000000 1500000" scripts/placement-bench.sh
 #   GATEWAY_CONFIG=gateway-slo.toml scripts/placement-bench.sh   # SLO shedding on
+#
+#   CAPACITY=1 OUT_DIR=DIR scripts/placement-bench.sh
+# runs the fleet capacity benchmark instead (scripts/fleet-capacity.sh:
+# workers with their own memory tiers in front of one shared store behind
+# a link calibrated to this machine's compute rate; writes DIR/capacity.json).
 set -euo pipefail
+
+if [ "${CAPACITY:-0}" = 1 ]; then
+  exec "$(dirname "$0")/fleet-capacity.sh"
+fi
 
 BIN=${BIN:-target/release}
 OUT=${OUT_DIR:-placement-results}

@@ -46,7 +46,9 @@ pub use limits::{
     CONCURRENCY_RETRY, LimitKind, Limited, Refusal, TenantLimiter, TenantLimits, TokenBucket,
     retry_after_secs,
 };
-pub use load::{Prediction, RateDefaults, RequestShape, WorkerLoad, predict, predict_ttft};
+pub use load::{
+    Prediction, RateDefaults, RequestShape, WorkerLoad, predict, predict_ttft, predict_with_local,
+};
 pub use placement::{Placement, PlacementPolicy, Placer, PrefixKey, UnknownPolicy, WorkerView};
 pub use shed::{Decision, ShedInput, decide, prefill_rate, queue_wait};
 pub use slots::SlotMeter;

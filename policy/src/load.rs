@@ -210,10 +210,31 @@ pub fn predict_ttft(load: &WorkerLoad, req: &RequestShape) -> Duration {
 /// Predicts `req` on a worker reporting `load`, using `defaults` for any
 /// rate the worker has not measured.
 pub fn predict(load: &WorkerLoad, req: &RequestShape, defaults: &RateDefaults) -> Prediction {
+    predict_with_local(load, req, 0, defaults)
+}
+
+/// Like [`predict`], with the first `local_tokens` of the prompt in the
+/// worker's own tiers (memory, disk). Those chunks cost neither a prefill
+/// nor a crossing of the shared store's link: a local tier reads at memory
+/// or disk speed, far above what a prefill of the same tokens takes, so
+/// they are taken as ready. The rest of the cached prefix (stored in the
+/// shared store) is split the Cake way between computing from the first
+/// chunk past the local ones and loading over the link; the uncached
+/// suffix is computed after it. `local_tokens` beyond the cached prefix
+/// count as cached (the worker holds what the shared store may not).
+pub fn predict_with_local(
+    load: &WorkerLoad,
+    req: &RequestShape,
+    local_tokens: u64,
+    defaults: &RateDefaults,
+) -> Prediction {
     let w = load.resolved(defaults);
     let ct = w.chunk_tokens;
     let kvb = nonzero_or(req.kv_bytes_per_token, w.kv_bytes_per_token);
-    let cached = req.cached_tokens.min(req.prompt_tokens);
+    // Never the chunk holding the last prompt token: it is computed.
+    let reusable = req.prompt_tokens.saturating_sub(1) / ct * ct;
+    let local = local_tokens.min(reusable) / ct;
+    let cached = req.cached_tokens.min(req.prompt_tokens).max(local * ct);
     let n = cached / ct;
     // The last prompt token is always computed: its logits give the first
     // output token.
@@ -223,9 +244,16 @@ pub fn predict(load: &WorkerLoad, req: &RequestShape, defaults: &RateDefaults) -
         b: w.compute_b,
         load: (ct as f64) * (kvb as f64) / w.bandwidth,
     };
+    // The shared-store chunks start at chunk `local`: computing the first
+    // of them costs `a + b·local`.
+    let remote = n - local;
+    let remote_cost = ChunkCost {
+        a: w.compute_a + w.compute_b * local as f64,
+        ..cost
+    };
     let (dc, di) = w.backlog_secs(defaults);
-    let (k, ready) = split_after_backlogs(&cost, n, dc, di);
-    let (_, idle_ready) = split_after_backlogs(&cost, n, 0.0, 0.0);
+    let (k, ready) = split_after_backlogs(&remote_cost, remote, dc, di);
+    let (_, idle_ready) = split_after_backlogs(&remote_cost, remote, 0.0, 0.0);
     let suffix = suffix_secs(&cost, n, fresh as f64 / ct as f64);
     Prediction {
         ttft: secs(ready + suffix),
@@ -233,7 +261,7 @@ pub fn predict(load: &WorkerLoad, req: &RequestShape, defaults: &RateDefaults) -
         computed_chunks: k,
         loaded_chunks: n - k,
         compute_tokens: k * ct + fresh,
-        io_bytes: (n - k).saturating_mul(ct).saturating_mul(kvb),
+        io_bytes: (remote - k).saturating_mul(ct).saturating_mul(kvb),
     }
 }
 

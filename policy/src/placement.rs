@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::{Prediction, RateDefaults, RequestShape, WorkerLoad, predict};
+use crate::load::{Prediction, RateDefaults, RequestShape, WorkerLoad, predict_with_local};
 
 /// Which placement rule to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -96,6 +96,10 @@ pub struct WorkerView {
     /// Tokens of this request's prefix stored where this worker can read
     /// them, when known per worker; `None` means "as in the request".
     pub cached_tokens: Option<u64>,
+    /// Leading tokens of this request's prompt in this worker's own tiers
+    /// (memory, disk): ready there without a prefill or a crossing of the
+    /// shared store's link. 0 when it holds none or nobody knows.
+    pub local_tokens: u64,
 }
 
 /// The chosen worker and what the cost model predicts there.
@@ -187,7 +191,7 @@ impl Placer {
             cached_tokens: v.cached_tokens.unwrap_or(req.cached_tokens),
             ..*req
         };
-        predict(&v.load, &req, &self.defaults)
+        predict_with_local(&v.load, &req, v.local_tokens, &self.defaults)
     }
 
     fn least_loaded(&self, workers: &[WorkerView]) -> Option<usize> {
@@ -288,6 +292,7 @@ mod tests {
             healthy: true,
             load: l,
             cached_tokens: None,
+            local_tokens: 0,
         }
     }
 
@@ -330,6 +335,72 @@ mod tests {
         ws[0].cached_tokens = Some(0);
         ws[1].cached_tokens = Some(32 * 256);
         assert_eq!(p.choose(&ws, &req(32 * 256 + 5, 0), None), Some(1));
+    }
+
+    /// A fleet of alike workers where the shared store's link is slow
+    /// (loading a chunk takes 3x computing it) and worker `holder` has the
+    /// request's 16-chunk prefix in its own memory tier.
+    fn local_fleet(holder: usize, holder_backlog_tokens: u64) -> Vec<WorkerView> {
+        let slow_link = WorkerLoad {
+            bandwidth: 256.0 * 100_000.0 / (3.0 * 0.04),
+            ..load(0, 0)
+        };
+        let mut ws: Vec<_> = (0..3).map(|i| view(i, slow_link)).collect();
+        ws[holder].local_tokens = 16 * 256;
+        ws[holder].load.queued_compute_tokens = holder_backlog_tokens;
+        ws
+    }
+
+    #[test]
+    fn adaptive_prefers_the_worker_holding_the_prefix_locally() {
+        let mut p = Placer::new(PlacementPolicy::Adaptive, 16);
+        let r = req(16 * 256 + 40, 16 * 256);
+        for holder in 0..3 {
+            let got = p.place(&local_fleet(holder, 0), &r, None);
+            assert_eq!(got.map(|x| x.worker), Some(holder));
+            // Its chunks are ready there: nothing to load, the suffix only.
+            let pred = got.map(|x| x.prediction);
+            assert_eq!(pred.map(|x| (x.io_bytes, x.compute_tokens)), Some((0, 40)));
+        }
+    }
+
+    #[test]
+    fn a_holder_busy_past_the_prefix_cost_loses_it() {
+        let mut p = Placer::new(PlacementPolicy::Adaptive, 16);
+        let r = req(16 * 256 + 40, 16 * 256);
+        // 256 chunks of compute queued (over 10 s): recomputing the prefix
+        // elsewhere (about 0.8 s) is cheaper than waiting.
+        let got = p.choose(&local_fleet(1, 256 * 256), &r, None);
+        assert!(matches!(got, Some(0 | 2)), "{got:?}");
+        // One chunk queued: still the holder.
+        let got = p.choose(&local_fleet(1, 256), &r, None);
+        assert_eq!(got, Some(1));
+    }
+
+    #[test]
+    fn local_chunks_beyond_the_shared_store_count() {
+        // A conversation's last turn is in the worker's memory tier but not
+        // (yet) in the shared store: only the holder sees it as cached.
+        let mut p = Placer::new(PlacementPolicy::Adaptive, 16);
+        let r = req(16 * 256 + 40, 0);
+        assert_eq!(p.choose(&local_fleet(2, 0), &r, None), Some(2));
+        // The chunk holding the last token is never taken as ready.
+        let mut ws = local_fleet(2, 0);
+        ws[2].local_tokens = 64 * 256;
+        let pred = p.place(&ws, &req(16 * 256, 0), None).map(|x| x.prediction);
+        assert_eq!(pred.map(|x| x.compute_tokens), Some(256));
+    }
+
+    #[test]
+    fn baselines_ignore_where_chunks_are() {
+        for policy in [PlacementPolicy::RoundRobin, PlacementPolicy::LeastLoaded] {
+            let mut p = Placer::new(policy, 16);
+            let r = req(16 * 256 + 40, 16 * 256);
+            let got: Vec<_> = (0..3)
+                .filter_map(|_| p.choose(&local_fleet(1, 0), &r, None))
+                .collect();
+            assert_eq!(got, vec![0, 1, 2], "{policy}");
+        }
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn simulate(flood_rps: f64, light_rps: f64, secs: u64) -> Outcome {
                     healthy: !only_idle || worker.running.is_none(),
                     load: ledger.effective_load(w, &reported[w]),
                     cached_tokens: None,
+                    local_tokens: 0,
                 })
                 .collect()
         };

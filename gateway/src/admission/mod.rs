@@ -4,6 +4,7 @@
 //! placer with its in-flight ledger. Every decision is `cake_policy`'s;
 //! this module holds the state and the locks around it.
 
+mod holdings;
 mod limits_redis;
 mod placement;
 mod prefixes;
@@ -55,7 +56,11 @@ impl Admission {
             }),
             pool,
             sched: Mutex::new(queue::Sched::new(policy)),
-            place: Mutex::new(placement::PlaceState::new(policy.placement, n)),
+            place: Mutex::new(placement::PlaceState::new(
+                policy.placement,
+                n,
+                policy.local_chunks_per_worker,
+            )),
             prefixes: Arc::default(),
         }
     }

@@ -11,7 +11,8 @@ use cake_policy::{
     WorkerLoad, WorkerView, predict, prefill_rate,
 };
 
-use super::prefixes::{PrefixChunks, PrefixGuard};
+use super::holdings::Holdings;
+use super::prefixes::{ChunkId, PrefixChunks, PrefixGuard};
 use super::{Admission, sha256};
 use crate::worker::WorkerSlot;
 
@@ -23,6 +24,8 @@ const LEDGER_MAX_AGE: Duration = Duration::from_secs(120);
 pub(super) struct PlaceState {
     placer: Placer,
     ledger: Ledger,
+    /// The chunks each worker holds in its own tiers, as placed there.
+    holdings: Holdings,
     /// Requests placed on each worker and not finished.
     reserved: Vec<u32>,
     /// The "as of" instant of each worker's last report seen.
@@ -31,10 +34,11 @@ pub(super) struct PlaceState {
 }
 
 impl PlaceState {
-    pub(super) fn new(policy: PlacementPolicy, workers: usize) -> PlaceState {
+    pub(super) fn new(policy: PlacementPolicy, workers: usize, local_chunks: usize) -> PlaceState {
         PlaceState {
             placer: Placer::new(policy, AFFINITY_CAPACITY),
             ledger: Ledger::new(LEDGER_MAX_AGE),
+            holdings: Holdings::new(workers, local_chunks),
             reserved: vec![0; workers],
             seen: vec![None; workers],
             next_id: 0,
@@ -113,6 +117,13 @@ impl PlaceRequest<'_> {
         self.chunks.map_or(0, |c| c.chunk_tokens as u64)
     }
 
+    /// The prompt's chunks that may be read rather than computed (never
+    /// the one holding the last token).
+    fn ids(&self) -> &[ChunkId] {
+        self.chunks
+            .map_or(&[][..], |c| &c.ids[..c.cap.min(c.ids.len())])
+    }
+
     /// The prefix's identity for `cache-affinity`: its cache group and
     /// first chunk.
     fn prefix(&self, chunk: usize) -> PrefixKey {
@@ -165,15 +176,19 @@ impl Admission {
     /// workers at `policy.max_in_flight_per_worker`. A worker that has not
     /// reported yet is taken to use `chunk` tokens a chunk (the size the
     /// presence lookup said; 0: unknown), so that its cached chunks count
-    /// before its first report.
+    /// before its first report. `ids`: the prompt's chunks, for what each
+    /// worker holds of them in its own tiers.
     fn views(
         &self,
         p: &mut PlaceState,
         now: Instant,
         with_room: bool,
         chunk: u64,
+        ids: &[ChunkId],
     ) -> Vec<WorkerView> {
-        let cap = self.live.load().policy.max_in_flight_per_worker;
+        let policy = &self.live.load().policy;
+        let cap = policy.max_in_flight_per_worker;
+        let shared_bw = policy.shared_store_bandwidth_bytes_per_s;
         let slots = self.pool.slots();
         for (i, s) in slots.iter().enumerate() {
             let as_of = s.load_as_of();
@@ -196,9 +211,13 @@ impl Admission {
                     if load.chunk_tokens == 0 {
                         load.chunk_tokens = chunk;
                     }
+                    if shared_bw > 0.0 {
+                        load.bandwidth = shared_bw;
+                    }
                     load
                 },
                 cached_tokens: None,
+                local_tokens: (p.holdings.leading(i, ids) as u64).saturating_mul(chunk),
             })
             .collect()
     }
@@ -219,11 +238,12 @@ impl Admission {
         // Under the placement lock: a burst's requests are placed one
         // after the other, each seeing where the ones before it went.
         let in_flight = req.chunks.and_then(|c| self.prefixes.best(c));
-        let mut views = self.views(&mut p, now, true, req.chunk_tokens());
+        let ids = req.ids();
+        let mut views = self.views(&mut p, now, true, req.chunk_tokens(), ids);
         if !views.iter().any(|v| v.healthy) {
             // Every worker is at its cap (one went down since the slot was
             // granted): place among the healthy ones regardless.
-            views = self.views(&mut p, now, false, req.chunk_tokens());
+            views = self.views(&mut p, now, false, req.chunk_tokens(), ids);
         }
         let shape = req.shape();
         let Placement {
@@ -267,6 +287,9 @@ impl Admission {
         let id = p.next_id;
         p.ledger.dispatch(id, worker, prediction.work(), now);
         p.reserved[worker] += 1;
+        // The worker keeps the prompt's chunks in its own tiers as it
+        // computes or loads them.
+        p.holdings.record(worker, ids);
         let prefix = req
             .chunks
             .map(|c| self.prefixes.register(c.ids.clone(), worker));
@@ -293,7 +316,7 @@ impl Admission {
     pub fn estimate(&self, req: &PlaceRequest<'_>) -> Option<(Prediction, f64)> {
         let now = Instant::now();
         let mut p = self.place.lock().unwrap_or_else(|e| e.into_inner());
-        let views = self.views(&mut p, now, false, req.chunk_tokens());
+        let views = self.views(&mut p, now, false, req.chunk_tokens(), req.ids());
         drop(p);
         let rate = prefill_rate(
             views.iter().filter(|v| v.healthy).map(|v| &v.load),
@@ -410,6 +433,31 @@ mod tests {
                 held.push(r);
             }
         }
+    }
+
+    /// A prompt placed once is held by that worker: under `adaptive` the
+    /// same prefix goes back there after the first request ended (its
+    /// chunks are in that worker's own tiers, not only in the shared
+    /// store), while `round-robin` moves on.
+    #[tokio::test]
+    async fn a_prefix_goes_back_to_the_worker_holding_it() {
+        let (adm, _mocks) = fleet(Some([report(0, true), report(0, true)])).await;
+        let (first, r0) = place(&adm, &burst_prompt(0));
+        drop(r0);
+        for i in 1..4 {
+            let (w, r) = place(&adm, &burst_prompt(i));
+            assert_eq!(w, first, "request {i}");
+            drop(r);
+        }
+        let (adm, _mocks) = fleet(Some([report(0, true), report(0, true)])).await;
+        adm.place
+            .lock()
+            .unwrap()
+            .set_policy(PlacementPolicy::RoundRobin);
+        let (a, r0) = place(&adm, &burst_prompt(0));
+        drop(r0);
+        let (b, _r1) = place(&adm, &burst_prompt(1));
+        assert_ne!(a, b);
     }
 
     /// A sibling's worker far behind (its queue many prefills deep) loses

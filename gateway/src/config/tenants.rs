@@ -160,6 +160,19 @@ pub struct PolicyConfig {
     /// Longest wait for Redis on a limit check, in milliseconds; past it
     /// (or with Redis down) the gateway's own limits decide.
     pub limits_redis_timeout_ms: u64,
+    /// Chunks the gateway remembers per worker as held in that worker's
+    /// own tiers (memory, disk): the prompts it placed there, least
+    /// recently used out first. About what a worker's local tiers keep
+    /// (their capacity over the chunk size). `adaptive` counts a prompt's
+    /// chunks held there as ready on that worker. 0: remember none. Read
+    /// at start.
+    pub local_chunks_per_worker: usize,
+    /// Read bandwidth of the store the workers share, in bytes/s, for the
+    /// chunks a worker does not hold in its own tiers. A worker's measured
+    /// bandwidth blends its local tiers' reads with the shared store's, so
+    /// with local tiers it overstates a remote fetch. 0: the workers'
+    /// measured figure.
+    pub shared_store_bandwidth_bytes_per_s: f64,
 }
 
 impl Default for PolicyConfig {
@@ -176,6 +189,8 @@ impl Default for PolicyConfig {
             limits_redis: String::new(),
             limits_redis_prefix: "cake:limits:".into(),
             limits_redis_timeout_ms: 50,
+            local_chunks_per_worker: 4096,
+            shared_store_bandwidth_bytes_per_s: 0.0,
         }
     }
 }
@@ -195,6 +210,14 @@ impl PolicyConfig {
             if v == 0 {
                 return Err(invalid(f, v, "must be at least 1"));
             }
+        }
+        let bw = self.shared_store_bandwidth_bytes_per_s;
+        if !(bw.is_finite() && bw >= 0.0) {
+            return Err(invalid(
+                "policy.shared_store_bandwidth_bytes_per_s",
+                bw,
+                "must be a finite number of bytes/s, 0 or more (0: as the workers measure)",
+            ));
         }
         if !self.limits_redis.is_empty() {
             use redis::IntoConnectionInfo;
