@@ -64,8 +64,10 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// [`matmul_t`] of one input by several weights (e.g. the Q, K and V
-/// projections). Same results as separate calls; on a GPU the input is
-/// rounded to bf16 once for all of them.
+/// projections). Same results as separate calls; on the CPU, 16-bit
+/// weights share one parallel region (one hand-over to the threads in a
+/// decode step instead of one per weight); on a GPU the input is rounded
+/// to bf16 once for all of them.
 pub fn matmul_t_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let xs = x.shape();
     for w in ws {
@@ -78,7 +80,21 @@ pub fn matmul_t_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         return Err(KernelError::Device { op: "matmul_t" });
     }
     match same_device("matmul_t", &[x])? {
-        Device::Cpu => ws.iter().map(|w| matmul_t(x, w)).collect(),
+        Device::Cpu => {
+            let halves: Option<Vec<_>> = ws.iter().map(|w| w.cpu_half()).collect();
+            let Some(halves) = halves else {
+                return ws.iter().map(|w| matmul_t(x, w)).collect();
+            };
+            // 16-bit weights: one parallel region for all of them.
+            let m = xs[0];
+            let mut bufs: Vec<Vec<f32>> = halves.iter().map(|h| vec![0.0; m * h.n]).collect();
+            let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            cpu::matmul_t_half_many(x.cpu(), &halves, &mut outs, m);
+            bufs.into_iter()
+                .zip(&halves)
+                .map(|(b, h)| Tensor::from_vec(b, &[m, h.n], Device::Cpu))
+                .collect()
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(o) => {
             let (m, k) = (xs[0], xs[1]);

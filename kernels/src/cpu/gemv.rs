@@ -49,18 +49,71 @@ pub(crate) fn matmul_t_half_with(isa: Isa, x: &[f32], w: &PackedHalf, out: &mut 
     if m > SMALL_ROWS {
         return gemm(isa, x, Weights::Half(w), out, m, k, n);
     }
-    let groups = w.groups();
-    let threads = if m * n * k < PAR_MIN_MACS {
+    matmul_t_half_many_with(isa, x, &[w], &mut [out], m);
+}
+
+/// [`matmul_t_half`] of one input by several weights of the same `k`
+/// (Q, K and V; gate and up): for `m ≤ SMALL_ROWS`, one parallel region
+/// over the groups of all of them, so a decode step hands work to the
+/// threads once per fused op rather than once per weight. Each group is
+/// computed exactly as alone, so the bits are those of separate calls.
+pub(crate) fn matmul_t_half_many(x: &[f32], ws: &[&PackedHalf], outs: &mut [&mut [f32]], m: usize) {
+    matmul_t_half_many_with(detect(), x, ws, outs, m);
+}
+
+pub(crate) fn matmul_t_half_many_with(
+    isa: Isa,
+    x: &[f32],
+    ws: &[&PackedHalf],
+    outs: &mut [&mut [f32]],
+    m: usize,
+) {
+    assert_eq!(ws.len(), outs.len());
+    if ws.is_empty() || m == 0 {
+        return;
+    }
+    let k = ws[0].k;
+    assert!(ws.iter().all(|w| w.k == k) && x.len() >= m * k);
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert!(out.len() >= m * w.n);
+    }
+    if k == 0 || m > SMALL_ROWS {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            if w.n == 0 {
+                continue;
+            }
+            if k == 0 {
+                out[..m * w.n].fill(0.0);
+            } else {
+                gemm(isa, x, Weights::Half(w), out, m, k, w.n);
+            }
+        }
+        return;
+    }
+    let total: usize = ws.iter().map(|w| w.groups()).sum();
+    let macs: usize = ws.iter().map(|w| m * w.n * k).sum();
+    let threads = if macs < PAR_MIN_MACS {
         1
     } else {
         rayon::current_num_threads().max(1)
     };
-    // A few tasks per thread, so that uneven ones even out.
-    let per = groups.div_ceil(4 * threads).max(1);
-    let tasks = groups.div_ceil(per);
-    let optr = OutPtr(out.as_mut_ptr());
-    let task = |t: usize| {
-        let (g0, g1) = (t * per, ((t + 1) * per).min(groups));
+    // A few tasks per thread, so that uneven ones even out; a task stays
+    // inside one weight.
+    let per = total.div_ceil(4 * threads).max(1);
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(total.div_ceil(per) + ws.len());
+    for (wi, w) in ws.iter().enumerate() {
+        let groups = w.groups();
+        let mut g0 = 0;
+        while g0 < groups {
+            let g1 = (g0 + per).min(groups);
+            tasks.push((wi, g0, g1));
+            g0 = g1;
+        }
+    }
+    let optrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let task = |&(wi, g0, g1): &(usize, usize, usize)| {
+        let (w, optr) = (ws[wi], optrs[wi]);
+        let n = w.n;
         let mut g = g0;
         while g < g1 {
             let ng = if g1 - g >= GROUPS { GROUPS } else { 1 };
@@ -77,18 +130,18 @@ pub(crate) fn matmul_t_half_with(isa: Isa, x: &[f32], w: &PackedHalf, out: &mut 
                     ncols: (n - g * LANES).min(ng * LANES),
                 };
                 // SAFETY: x holds rows i..i+mr of k values; groups
-                // g..g+ng exist (each k·LANES values, contiguous); the
-                // output columns g·LANES.. of those rows belong to this
-                // task alone.
+                // g..g+ng of weight wi exist (each k·LANES values,
+                // contiguous); the output columns g·LANES.. of those rows
+                // of output wi belong to this task alone.
                 unsafe { call.run(isa) };
             }
             g += ng;
         }
     };
-    if tasks == 1 {
-        task(0);
+    if tasks.len() == 1 {
+        task(&tasks[0]);
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        tasks.par_iter().for_each(task);
     }
 }
 

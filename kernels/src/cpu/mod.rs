@@ -17,7 +17,7 @@ mod packed;
 
 pub(crate) use attention::{AttnShape, attention};
 pub(crate) use gemm::matmul_t;
-pub(crate) use gemv::matmul_t_half;
+pub(crate) use gemv::{matmul_t_half, matmul_t_half_many};
 pub(crate) use packed::PackedHalf;
 
 use rayon::prelude::*;

@@ -137,3 +137,34 @@ fn half_weights_give_the_f32_bits_on_every_path() {
         }
     }
 }
+
+#[test]
+fn fused_half_weights_give_the_bits_of_separate_calls() {
+    use super::gemv::{matmul_t_half_many_with, matmul_t_half_with};
+    use super::packed::PackedHalf;
+    // Q, K, V-like shapes (one wide, two narrow, a padded group); m ≤ 16
+    // shares one parallel region, m > 16 falls back to one GEMM each.
+    let (k, ns) = (576, [576usize, 192, 200]);
+    for m in [1, 5, 8, 16, 17] {
+        let x = data(m * k, 7 + m as u32);
+        let packed: Vec<PackedHalf> = ns
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| {
+                let (hbits, _) = half_weights(n, k, 90 + j as u32, true);
+                PackedHalf::from_rows(&hbits, true, n, k)
+            })
+            .collect();
+        let refs: Vec<&PackedHalf> = packed.iter().collect();
+        for isa in supported() {
+            let mut bufs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+            let mut outs: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            matmul_t_half_many_with(isa, &x, &refs, &mut outs, m);
+            for (j, w) in packed.iter().enumerate() {
+                let mut want = vec![0.0; m * w.n];
+                matmul_t_half_with(Isa::Portable, &x, w, &mut want, m);
+                assert_eq!(bits(&bufs[j]), bits(&want), "{isa:?} m={m} weight {j}");
+            }
+        }
+    }
+}
