@@ -63,26 +63,14 @@ TMP=$(mktemp -d)
 PIDS=()
 REDIS_PID=
 
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
+# stop_all, wait_http
+. "$(dirname "$0")/common.sh"
 cleanup() {
   stop_all
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-
-wait_http() {
-  for _ in $(seq 1 600); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "no answer from $1" >&2
-  return 1
-}
 
 worker_port() { echo $((PORT_BASE + 11 + $1)); }
 

@@ -56,26 +56,14 @@ mkdir -p "$OUT"
 TMP=$(mktemp -d)
 PIDS=()
 
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
+# stop_all, wait_http
+. "$(dirname "$0")/common.sh"
 cleanup() {
   stop_all
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-
-wait_http() {
-  for _ in $(seq 1 600); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "no answer from $1" >&2
-  return 1
-}
 
 redis-server --port "$REDIS_PORT" --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
 REDIS_PID=$!
