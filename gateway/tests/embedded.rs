@@ -6,44 +6,15 @@ mod common;
 
 use cake_engine::init::{Dtype, preset, write_checkpoint};
 use cake_gateway::Config;
-use common::{get, post};
+use common::{get, post, tiny_gateway};
 use serde_json::{Value, json};
 
 async fn start(dir: &std::path::Path) -> cake_gateway::Gateway {
-    start_with(dir, "", "").await
+    tiny_gateway(dir, "", "").await
 }
 
-/// The gateway over the tiny model, with `extra` appended to its config.
-/// A gateway over the tiny model; `engine`: more `[engine]` keys; `extra`:
-/// more sections.
 async fn start_with(dir: &std::path::Path, engine: &str, extra: &str) -> cake_gateway::Gateway {
-    let model = dir.join("model");
-    write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
-    let text = format!(
-        r#"
-        [server]
-        data_dir = "{data}"
-        [model]
-        path = "{model}"
-        [engine]
-        chunk_tokens = 16
-        token_budget = 64
-        {engine}
-        [kv]
-        chunk_tokens = 16
-        [kv.disk]
-        enabled = false
-        {extra}
-        "#,
-        data = dir.display(),
-        model = model.display()
-    );
-    let cfg = Config::parse(&text).unwrap();
-    cfg.validate().unwrap();
-    let info = cake_gateway::model_info(&cfg, &model).unwrap();
-    let slots = cake_gateway::build_workers(&cfg, &model).unwrap();
-    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    cake_gateway::Gateway::start(&cfg.server, &cfg.policy, info, slots, l).unwrap()
+    tiny_gateway(dir, engine, extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! every chunk three ways, with the same number of reads in flight:
 //! - `raw`: the bytes by the plainest means for the tier — `std::fs::read`
 //!   of the chunk files (on tokio's blocking pool, as the store does), a
-//!   plain `GET` on a multiplexed Redis connection, a `memcpy` of the
+//!   plain `GET` on a multiplexed Redis connection (on a cluster, through
+//!   the `redis` crate's cluster client, which routes each), a `memcpy` of the
 //!   bytes held in memory;
 //! - `load`: `KvStore::get_many`, which also checks each chunk (header and
 //!   xxh3 checksum);
@@ -26,7 +27,7 @@ use thiserror::Error;
 
 use crate::kv::{
     ChunkContext, ChunkKey, Codec, DiskStore, EncodedChunk, FormatError, KvStore, LocalRedis,
-    MemoryStore, Namespace, RedisConfig, RedisStore, StoreError, chunk_keys,
+    LocalRedisCluster, MemoryStore, Namespace, RedisConfig, RedisStore, StoreError, chunk_keys,
 };
 use crate::{KvChunk, KvLayout, Rng};
 
@@ -61,6 +62,11 @@ pub struct StoreBench {
     pub tier: BenchTier,
     /// Redis to use; `None` starts a local `redis-server` for the run.
     pub redis_url: Option<String>,
+    /// A Redis Cluster's seed nodes to use instead.
+    pub redis_nodes: Vec<String>,
+    /// Without `redis_nodes`: start a local cluster of this many masters
+    /// (each with one replica) for the run; 0: one server.
+    pub local_cluster_masters: usize,
     pub chunk_tokens: usize,
     pub chunks: usize,
     pub codec: Codec,
@@ -80,6 +86,8 @@ impl Default for StoreBench {
         StoreBench {
             tier: BenchTier::Disk,
             redis_url: None,
+            redis_nodes: Vec::new(),
+            local_cluster_masters: 0,
             chunk_tokens: 256,
             chunks: 256,
             codec: Codec::Bf16,
@@ -128,6 +136,10 @@ pub struct StoreReport {
     pub load_decode_gb_per_s_rounds: Vec<f64>,
     /// The Redis used (redis tier), local or given.
     pub redis_url: Option<String>,
+    /// The cluster's seed nodes, when the tier was a cluster.
+    pub redis_nodes: Vec<String>,
+    /// Cluster masters holding the benchmark's chunks.
+    pub redis_masters_used: usize,
 }
 
 #[derive(Debug, Error)]
@@ -153,6 +165,7 @@ enum Raw {
     Memory(Vec<EncodedChunk>),
     Disk(Vec<PathBuf>),
     Redis(redis::aio::MultiplexedConnection, Vec<String>),
+    Cluster(redis::cluster_async::ClusterConnection, Vec<String>),
 }
 
 struct Setup {
@@ -160,8 +173,14 @@ struct Setup {
     raw: Raw,
     paths: Vec<PathBuf>,
     _redis: Option<LocalRedis>,
+    _cluster: Option<LocalRedisCluster>,
+    /// The cluster store itself, to ask where keys live.
+    cluster_store: Option<Arc<RedisStore>>,
+    /// The chunks' keys.
+    keys: Vec<ChunkKey>,
     _dir: Option<tempfile_dir::TempDir>,
     redis_url: Option<String>,
+    redis_nodes: Vec<String>,
     redis_keys: Vec<String>,
 }
 
@@ -271,11 +290,22 @@ pub async fn run(b: &StoreBench, progress: &dyn Fn(&str)) -> Result<StoreReport,
             [&mut raw, &mut load, &mut decode][pass as usize].push(gbps);
         }
     }
-    if let Raw::Redis(conn, _) = &setup.raw {
-        let mut conn = conn.clone();
-        for k in setup.redis_keys.chunks(256) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+    let masters_used = masters_holding(&setup);
+    match &setup.raw {
+        Raw::Redis(conn, _) => {
+            let mut conn = conn.clone();
+            for k in setup.redis_keys.chunks(256) {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+            }
         }
+        Raw::Cluster(conn, _) => {
+            // One key per DEL: a cluster refuses keys of several slots.
+            for k in &setup.redis_keys {
+                let mut conn = conn.clone();
+                let _: Result<i64, _> = redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+            }
+        }
+        _ => {}
     }
 
     let tokens_per_gb = b.chunk_tokens as f64 / chunk_bytes as f64 * 1e9;
@@ -304,7 +334,21 @@ pub async fn run(b: &StoreBench, progress: &dyn Fn(&str)) -> Result<StoreReport,
         raw_gb_per_s_rounds: raw,
         load_decode_gb_per_s_rounds: decode,
         redis_url: setup.redis_url.clone(),
+        redis_nodes: setup.redis_nodes.clone(),
+        redis_masters_used: masters_used,
     })
+}
+
+/// On a cluster, how many masters hold the benchmark's keys (by their slot
+/// in the store's slot map).
+fn masters_holding(setup: &Setup) -> usize {
+    match &setup.cluster_store {
+        Some(store) => {
+            let keys: Vec<ChunkKey> = setup.keys.clone();
+            store.masters_of(&keys).len()
+        }
+        None => 0,
+    }
 }
 
 async fn setup(
@@ -320,8 +364,12 @@ async fn setup(
             raw: Raw::Memory(encoded.to_vec()),
             paths: Vec::new(),
             _redis: None,
+            _cluster: None,
+            cluster_store: None,
+            keys: encoded.iter().map(EncodedChunk::key).collect(),
             _dir: None,
             redis_url: None,
+            redis_nodes: Vec::new(),
             redis_keys: Vec::new(),
         },
         BenchTier::Disk => {
@@ -341,9 +389,44 @@ async fn setup(
                 raw: Raw::Disk(paths.clone()),
                 paths,
                 _redis: None,
+                _cluster: None,
+                cluster_store: None,
+                keys: encoded.iter().map(EncodedChunk::key).collect(),
                 _dir: tmp,
                 redis_url: None,
+                redis_nodes: Vec::new(),
                 redis_keys: Vec::new(),
+            }
+        }
+        BenchTier::Redis if !b.redis_nodes.is_empty() || b.local_cluster_masters > 0 => {
+            let (local, nodes) = if b.redis_nodes.is_empty() {
+                let c = LocalRedisCluster::start(b.local_cluster_masters, 1)?;
+                let urls = c.urls();
+                (Some(c), urls)
+            } else {
+                (None, b.redis_nodes.clone())
+            };
+            let store = Arc::new(RedisStore::new(&bench_redis_config(
+                String::new(),
+                nodes.clone(),
+            ))?);
+            let redis_keys: Vec<String> =
+                encoded.iter().map(|e| store.redis_key(&e.key())).collect();
+            let conn = redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))?
+                .get_async_connection()
+                .await?;
+            Setup {
+                store: store.clone(),
+                raw: Raw::Cluster(conn, redis_keys.clone()),
+                paths: Vec::new(),
+                _redis: None,
+                _cluster: local,
+                cluster_store: Some(store),
+                keys: encoded.iter().map(EncodedChunk::key).collect(),
+                _dir: None,
+                redis_url: None,
+                redis_nodes: nodes,
+                redis_keys,
             }
         }
         BenchTier::Redis => {
@@ -355,16 +438,7 @@ async fn setup(
                     (Some(r), url)
                 }
             };
-            let cfg = RedisConfig {
-                enabled: true,
-                url: url.clone(),
-                key_prefix: format!("cake:bench:{}:", std::process::id()),
-                ttl_ms: 600_000,
-                timeout_ms: 10_000,
-                connect_timeout_ms: 2_000,
-                ..RedisConfig::default()
-            };
-            let store = RedisStore::new(&cfg)?;
+            let store = RedisStore::new(&bench_redis_config(url.clone(), Vec::new()))?;
             let redis_keys: Vec<String> =
                 encoded.iter().map(|e| store.redis_key(&e.key())).collect();
             let conn = redis::Client::open(url.as_str())?
@@ -375,12 +449,30 @@ async fn setup(
                 raw: Raw::Redis(conn, redis_keys.clone()),
                 paths: Vec::new(),
                 _redis: local,
+                _cluster: None,
+                cluster_store: None,
+                keys: encoded.iter().map(EncodedChunk::key).collect(),
                 _dir: None,
                 redis_url: Some(url),
+                redis_nodes: Vec::new(),
                 redis_keys,
             }
         }
     })
+}
+
+/// The benchmark's Redis tier: its own key prefix, generous timeouts.
+fn bench_redis_config(url: String, nodes: Vec<String>) -> RedisConfig {
+    RedisConfig {
+        enabled: true,
+        url,
+        nodes,
+        key_prefix: format!("cake:bench:{}:", std::process::id()),
+        ttl_ms: 600_000,
+        timeout_ms: 10_000,
+        connect_timeout_ms: 2_000,
+        ..RedisConfig::default()
+    }
 }
 
 async fn load_pass(
@@ -447,27 +539,40 @@ async fn raw_pass(raw: &Raw, depth: usize, chunk_bytes: u64) -> Result<Duration,
                 }
             }
         }
-        Raw::Redis(conn, keys) => {
-            let mut s = futures::stream::iter(keys.iter().map(|k| {
-                let mut conn = conn.clone();
-                async move {
-                    redis::cmd("GET")
-                        .arg(k)
-                        .query_async::<Vec<u8>>(&mut conn)
-                        .await
-                }
-            }))
-            .buffer_unordered(depth);
-            while let Some(r) = s.next().await {
-                if r?.len() as u64 != chunk_bytes {
-                    return Err(StoreBenchError::Invalid(
-                        "a chunk was evicted from Redis".into(),
-                    ));
-                }
-            }
-        }
+        Raw::Redis(conn, keys) => raw_gets(conn, keys, depth, chunk_bytes).await?,
+        Raw::Cluster(conn, keys) => raw_gets(conn, keys, depth, chunk_bytes).await?,
     }
     Ok(t.elapsed())
+}
+
+/// Plain `GET`s of `keys`, `depth` in flight, each checked for its length.
+async fn raw_gets<C>(
+    conn: &C,
+    keys: &[String],
+    depth: usize,
+    chunk_bytes: u64,
+) -> Result<(), StoreBenchError>
+where
+    C: redis::aio::ConnectionLike + Clone + Send,
+{
+    let mut s = futures::stream::iter(keys.iter().map(|k| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(k)
+                .query_async::<Vec<u8>>(&mut conn)
+                .await
+        }
+    }))
+    .buffer_unordered(depth);
+    while let Some(r) = s.next().await {
+        if r?.len() as u64 != chunk_bytes {
+            return Err(StoreBenchError::Invalid(
+                "a chunk was evicted from Redis".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Asks the kernel to drop the files' pages (they were synced first).

@@ -109,8 +109,13 @@ impl Default for DiskConfig {
 pub struct RedisConfig {
     /// Use this tier.
     pub enabled: bool,
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`: one server (unused when
+    /// `nodes` is set).
     pub url: String,
+    /// Redis Cluster seed nodes (`["redis://host:port", ...]`): when not
+    /// empty the tier is a cluster, found from any of them; chunks spread
+    /// over its masters by key.
+    pub nodes: Vec<String>,
     /// Prepended to every key, so deployments can share one Redis.
     pub key_prefix: String,
     /// Time to live of each chunk in milliseconds (0: none; Redis's own
@@ -129,6 +134,7 @@ impl Default for RedisConfig {
         RedisConfig {
             enabled: false,
             url: "redis://127.0.0.1:6379".to_string(),
+            nodes: Vec::new(),
             key_prefix: "cake:kv:".to_string(),
             ttl_ms: 24 * 3600 * 1000,
             timeout_ms: 500,
@@ -245,6 +251,15 @@ impl KvConfig {
                     &format!("not a Redis URL: {e}"),
                 ));
             }
+            for n in &r.nodes {
+                if let Err(e) = redis::Client::open(n.as_str()) {
+                    return Err(bad(
+                        "kv.redis.nodes",
+                        format!("{n:?}"),
+                        &format!("not a Redis URL: {e}"),
+                    ));
+                }
+            }
             for (field, v) in [
                 ("kv.redis.timeout_ms", r.timeout_ms),
                 ("kv.redis.connect_timeout_ms", r.connect_timeout_ms),
@@ -300,6 +315,9 @@ mod tests {
         c.redis.enabled = true;
         c.redis.url = "http://nope".into();
         assert_eq!(c.validate().unwrap_err().field, "kv.redis.url");
+        c.redis.url = RedisConfig::default().url;
+        c.redis.nodes = vec!["redis://127.0.0.1:7000".into(), "nope".into()];
+        assert_eq!(c.validate().unwrap_err().field, "kv.redis.nodes");
 
         let mut c = KvConfig::default();
         c.throttle.enabled = true;

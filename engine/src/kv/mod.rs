@@ -25,6 +25,7 @@ mod key;
 mod local_redis;
 mod lru;
 mod memory;
+mod redis_link;
 mod redis_store;
 mod store;
 mod telemetry;
@@ -41,8 +42,9 @@ pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,
 };
 pub use key::{ChunkKey, KV_LAYOUT_VERSION, Namespace, chunk_keys, next_chunk_key};
-pub use local_redis::LocalRedis;
+pub use local_redis::{CLUSTER_NODE_TIMEOUT_MS, LocalRedis, LocalRedisCluster};
 pub use memory::MemoryStore;
+pub use redis_link::slot_of;
 pub use redis_store::RedisStore;
 pub(crate) use store::load_chunk_to;
 pub use store::{KvStore, StoreError, StoreStats, Tier, load_chunk};

@@ -1,39 +1,34 @@
 //! `redis`: one value per chunk (`SET prefix+hex value PX ttl`), shared by
-//! every gateway and worker that points at the same Redis.
+//! every gateway and worker that points at the same Redis or Redis
+//! Cluster (`kv.redis.nodes`, where chunks spread over the masters by key).
 //!
-//! Presence for a whole prompt is one pipelined round trip (`EXISTS` per
-//! key), and so are batched gets. Redis may evict keys at any time
-//! (`maxmemory` + `allkeys-lru`): a key that vanished between lookup and
-//! get is a plain miss. Redis being down is never an error for a request:
+//! Presence for a whole prompt is one pipelined round trip per server
+//! (`EXISTS` per key), and so are batched gets (see [`super::redis_link`]).
+//! Redis may evict keys at any time (`maxmemory` + `allkeys-lru`): a key
+//! that vanished between lookup and get is a plain miss. Redis being down is never an error for a request:
 //! reads become misses, logged once per outage and counted, and for
 //! `retry_after` after a failure the store does not try at all, so
-//! requests do not each wait out a timeout. The connection manager
-//! reconnects in the background.
+//! requests do not each wait out a timeout; on a cluster that holds for
+//! each master alone, and a failover is a few seconds of misses. The
+//! connections reconnect in the background.
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisResult, Value};
-use tokio::time::Instant;
+use redis::Value;
 
 use super::config::RedisConfig;
 use super::format::EncodedChunk;
 use super::key::ChunkKey;
+use super::redis_link::{Backend, Link};
 use super::store::{Counters, KvStore, StoreError, StoreStats, Tier};
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    backend: Backend,
+    link: Link,
     prefix: String,
     ttl_ms: u64,
-    timeout: Duration,
-    retry_after: Duration,
-    /// When the last failure happened, while Redis counts as down.
-    down_since: Mutex<Option<Instant>>,
-    counters: Counters,
 }
 
 impl RedisStore {
@@ -44,22 +39,15 @@ impl RedisStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StoreError::NoRuntime);
         }
-        let client = redis::Client::open(cfg.url.as_str())?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
-            .set_response_timeout(Some(Duration::from_millis(cfg.timeout_ms)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(cfg.retry_after_ms.max(20)));
-        let conn = client.get_connection_manager_lazy(manager_cfg)?;
         Ok(RedisStore {
-            conn,
+            backend: Backend::new(cfg)?,
+            link: Link {
+                timeout: Duration::from_millis(cfg.timeout_ms),
+                retry_after: Duration::from_millis(cfg.retry_after_ms),
+                counters: Counters::new("redis"),
+            },
             prefix: cfg.key_prefix.clone(),
             ttl_ms: cfg.ttl_ms,
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            retry_after: Duration::from_millis(cfg.retry_after_ms),
-            down_since: Mutex::new(None),
-            counters: Counters::new("redis"),
         })
     }
 
@@ -68,79 +56,67 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
-    /// Runs one Redis call under the timeout and the down-window.
-    async fn call<T>(
+    /// On a cluster, the masters (`host:port`) serving slots as of the
+    /// last call; empty for one server.
+    pub fn masters(&self) -> Vec<String> {
+        self.backend.masters()
+    }
+
+    /// On a cluster, the masters the slot map says hold `keys`.
+    pub fn masters_of(&self, keys: &[ChunkKey]) -> std::collections::BTreeSet<String> {
+        keys.iter()
+            .filter_map(|k| self.backend.master_of(&self.redis_key(k)))
+            .collect()
+    }
+
+    /// One single-key command per chunk, one round trip per server.
+    async fn each(
         &self,
         what: &'static str,
-        f: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        if let Some(since) = *self.down_since.lock()
-            && since.elapsed() < self.retry_after
-        {
-            return Err(StoreError::Unavailable(self.retry_after));
-        }
-        let result = match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => {
-                if self.down_since.lock().take().is_some() {
-                    tracing::info!(op = what, "redis KV store reachable again");
-                }
-                return Ok(v);
-            }
-            Ok(Err(e)) => StoreError::Redis(e),
-            Err(_) => StoreError::Timeout(self.timeout),
-        };
-        self.counters.error();
-        let first = self.down_since.lock().replace(Instant::now()).is_none();
-        if first {
-            tracing::warn!(
-                op = what,
-                error = %result,
-                retry_after_ms = self.retry_after.as_millis() as u64,
-                "redis KV store unreachable; reads are misses until it is back"
-            );
-        } else {
-            tracing::debug!(op = what, error = %result, "redis KV store still unreachable");
-        }
-        Err(result)
+        name: &str,
+        keys: &[ChunkKey],
+        arg: impl Fn(&mut redis::Cmd, usize),
+    ) -> Vec<Result<Value, StoreError>> {
+        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let cmds = rkeys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let mut c = redis::cmd(name);
+                c.arg(k);
+                arg(&mut c, i);
+                c
+            })
+            .collect();
+        self.backend.run(&self.link, what, cmds, &rkeys).await
     }
 
     async fn get_many_now(&self, keys: &[ChunkKey]) -> Vec<Option<EncodedChunk>> {
         if keys.is_empty() {
             return Vec::new();
         }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("GET").arg(self.redis_key(k));
-        }
-        let mut conn = self.conn.clone();
-        let values: Vec<Value> = match self.call("get", pipe.query_async(&mut conn)).await {
-            Ok(v) => v,
-            Err(_) => {
-                keys.iter().for_each(|_| self.counters.miss());
-                return vec![None; keys.len()];
-            }
-        };
+        let counters = &self.link.counters;
+        let values = self.each("get", "GET", keys, |_, _| {}).await;
         let mut out = Vec::with_capacity(keys.len());
         let mut corrupt = Vec::new();
-        let mut values = values.into_iter();
-        for key in keys {
+        for (key, value) in keys.iter().zip(values) {
             // Moved, not copied: the reply's buffer becomes the chunk's.
-            let bytes = match values.next() {
-                Some(Value::BulkString(b)) => Bytes::from(b),
+            let bytes = match value {
+                Ok(Value::BulkString(b)) => Bytes::from(b),
                 _ => {
-                    self.counters.miss();
+                    counters.miss();
                     out.push(None);
                     continue;
                 }
             };
             match EncodedChunk::parse(key, bytes) {
                 Ok(c) => {
-                    self.counters.hit(c.len());
+                    counters.hit(c.len());
                     out.push(Some(c));
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "corrupt KV chunk in redis; deleting it");
-                    self.counters.corrupt();
+                    counters.corrupt();
                     corrupt.push(*key);
                     out.push(None);
                 }
@@ -153,14 +129,18 @@ impl RedisStore {
     }
 
     async fn delete_now(&self, key: ChunkKey) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.redis_key(&key));
-        let removed: i64 = self.call("delete", cmd.query_async(&mut conn)).await?;
-        if removed > 0 {
-            self.counters.deleted();
+        let removed = self.each("delete", "DEL", &[key], |_, _| {}).await;
+        match removed.into_iter().next() {
+            Some(Ok(Value::Int(n))) => {
+                if n > 0 {
+                    self.link.counters.deleted();
+                }
+                Ok(())
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            None => Err(StoreError::Timeout(self.link.timeout)),
         }
-        Ok(())
     }
 }
 
@@ -171,25 +151,12 @@ impl KvStore for RedisStore {
 
     fn lookup<'a>(&'a self, keys: &'a [ChunkKey]) -> BoxFuture<'a, Vec<Option<Tier>>> {
         Box::pin(async move {
-            self.counters.lookups(keys.len());
-            if keys.is_empty() {
-                return Vec::new();
-            }
-            let mut pipe = redis::pipe();
-            for k in keys {
-                pipe.cmd("EXISTS").arg(self.redis_key(k));
-            }
-            let mut conn = self.conn.clone();
-            match self
-                .call("lookup", pipe.query_async::<Vec<i64>>(&mut conn))
+            self.link.counters.lookups(keys.len());
+            self.each("lookup", "EXISTS", keys, |_, _| {})
                 .await
-            {
-                Ok(found) if found.len() == keys.len() => found
-                    .into_iter()
-                    .map(|n| (n > 0).then_some(Tier::Redis))
-                    .collect(),
-                _ => vec![None; keys.len()],
-            }
+                .into_iter()
+                .map(|r| matches!(r, Ok(Value::Int(n)) if n > 0).then_some(Tier::Redis))
+                .collect()
         })
     }
 
@@ -203,16 +170,24 @@ impl KvStore for RedisStore {
 
     fn put(&self, chunk: EncodedChunk) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(self.redis_key(&chunk.key()))
-                .arg(&chunk.bytes()[..]);
-            if self.ttl_ms > 0 {
-                cmd.arg("PX").arg(self.ttl_ms);
+            let ttl = self.ttl_ms;
+            let bytes = chunk.bytes();
+            let written = self
+                .each("put", "SET", &[chunk.key()], |c, _| {
+                    c.arg(&bytes[..]);
+                    if ttl > 0 {
+                        c.arg("PX").arg(ttl);
+                    }
+                })
+                .await;
+            match written.into_iter().next() {
+                Some(Ok(_)) => {
+                    self.link.counters.written(chunk.len());
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(StoreError::Timeout(self.link.timeout)),
             }
-            let mut conn = self.conn.clone();
-            let _: Value = self.call("put", cmd.query_async(&mut conn)).await?;
-            self.counters.written(chunk.len());
-            Ok(())
         })
     }
 
@@ -221,6 +196,6 @@ impl KvStore for RedisStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.counters.snapshot()
+        self.link.counters.snapshot()
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Each of a tenant's rate limits (requests per second, prompt tokens per
 //! minute) is a token bucket stored as a hash `{tokens, ts}` under
-//! `{prefix}{tenant}:{limit}`. One check is one atomic Lua script over all
+//! `PREFIX{TENANT}:LIMIT` (the braces are a hash tag: on a Redis Cluster,
+//! `policy.limits_redis_nodes`, a tenant's buckets share a slot, so the
+//! script over them runs on one master). One check is one atomic Lua script over all
 //! of the request's buckets, with the same semantics as
 //! [`cake_policy::TokenBucket`]: it refills by Redis's own clock (`TIME`,
 //! so replicas with skewed clocks agree), consumes only when every bucket
@@ -20,16 +22,20 @@
 //!
 //! A check is awaited for at most the timeout. The Redis calls run on a
 //! thread of their own, with a current-thread runtime and one reconnecting
-//! [`ConnectionManager`], answering through a oneshot channel, so no
-//! caller's runtime ever blocks on Redis.
+//! [`ConnectionManager`] (or one cluster connection, made on first use),
+//! answering through a oneshot channel, so no caller's runtime ever blocks
+//! on Redis. The script is run by hash (`EVALSHA`), and sent whole
+//! (`EVAL`, which caches it there) to a server that does not know it yet:
+//! a restarted server, a promoted replica.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cake_policy::{LimitKind, Limited, TenantLimits};
-use redis::RedisResult;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::{RedisResult, ServerErrorKind};
 use tokio::sync::mpsc;
 
 use crate::config::PolicyConfig;
@@ -140,9 +146,48 @@ struct Health {
     last_log: Option<Instant>,
 }
 
+/// Where the limits live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One server, `policy.limits_redis`.
+    Server(String),
+    /// A Redis Cluster's seed nodes, `policy.limits_redis_nodes`.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// From the policy; `None` when neither key is set.
+    pub fn from_policy(policy: &PolicyConfig) -> Option<Target> {
+        if !policy.limits_redis_nodes.is_empty() {
+            Some(Target::Cluster(policy.limits_redis_nodes.clone()))
+        } else if !policy.limits_redis.is_empty() {
+            Some(Target::Server(policy.limits_redis.clone()))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Without passwords: this goes to logs.
+        let host = |u: &str| {
+            u.rsplit_once('@')
+                .map_or(u.to_string(), |(_, h)| h.to_string())
+        };
+        match self {
+            Target::Server(u) => write!(f, "{}", host(u)),
+            Target::Cluster(n) => {
+                let n: Vec<String> = n.iter().map(|u| host(u)).collect();
+                write!(f, "cluster {}", n.join(","))
+            }
+        }
+    }
+}
+
 /// The connection to the limits' Redis; see the module docs.
 pub struct SharedLimits {
-    url: String,
+    target: Target,
     prefix: String,
     timeout: Duration,
     jobs: mpsc::UnboundedSender<Job>,
@@ -152,7 +197,7 @@ pub struct SharedLimits {
 impl fmt::Debug for SharedLimits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedLimits")
-            .field("url", &self.url)
+            .field("target", &self.target.to_string())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -161,13 +206,11 @@ impl fmt::Debug for SharedLimits {
 
 impl SharedLimits {
     /// Connects lazily (Redis down at start is not an error). `None` when
-    /// `policy.limits_redis` is empty.
+    /// neither `policy.limits_redis` nor `policy.limits_redis_nodes` is set.
     pub fn from_policy(policy: &PolicyConfig) -> Option<Arc<SharedLimits>> {
-        if policy.limits_redis.is_empty() {
-            return None;
-        }
+        let target = Target::from_policy(policy)?;
         let timeout = Duration::from_millis(policy.limits_redis_timeout_ms.max(1));
-        match SharedLimits::new(&policy.limits_redis, &policy.limits_redis_prefix, timeout) {
+        match SharedLimits::new(target, &policy.limits_redis_prefix, timeout) {
             Ok(s) => Some(Arc::new(s)),
             Err(e) => {
                 tracing::warn!(error = %e, "policy.limits_redis unusable; tenant limits stay per gateway");
@@ -183,7 +226,7 @@ impl SharedLimits {
     ) -> Option<Arc<SharedLimits>> {
         match old {
             Some(o)
-                if o.url == policy.limits_redis
+                if Some(&o.target) == Target::from_policy(policy).as_ref()
                     && o.prefix == policy.limits_redis_prefix
                     && o.timeout.as_millis()
                         == u128::from(policy.limits_redis_timeout_ms.max(1)) =>
@@ -194,8 +237,25 @@ impl SharedLimits {
         }
     }
 
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<SharedLimits, SharedError> {
-        let client = redis::Client::open(url).map_err(|e| SharedError::Redis(e.to_string()))?;
+    pub fn new(
+        target: Target,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<SharedLimits, SharedError> {
+        let bad = |e: redis::RedisError| SharedError::Redis(e.to_string());
+        let client = match &target {
+            Target::Server(url) => Client::Server(redis::Client::open(url.as_str()).map_err(bad)?),
+            Target::Cluster(nodes) => Client::Cluster(Box::new(
+                ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .min_retry_wait(10)
+                    .max_retry_wait(RETRY_EVERY.as_millis() as u64)
+                    .build()
+                    .map_err(bad)?,
+            )),
+        };
         metrics::describe_counter!(
             "cake_limits_redis_errors_total",
             "Tenant limit checks Redis did not answer (the gateway's own limits decided)"
@@ -206,7 +266,7 @@ impl SharedLimits {
             .spawn(move || serve(client, timeout, rx))
             .map_err(|e| SharedError::Redis(format!("cannot start its thread: {e}")))?;
         Ok(SharedLimits {
-            url: url.to_string(),
+            target,
             prefix: prefix.to_string(),
             timeout,
             jobs,
@@ -214,9 +274,10 @@ impl SharedLimits {
         })
     }
 
-    /// The Redis key of `tenant`'s bucket for `limit`.
+    /// The Redis key of `tenant`'s bucket for `limit`: `{tenant}` is the
+    /// hash tag every bucket of the tenant shares.
     pub fn key(&self, tenant: &str, limit: LimitKind) -> String {
-        format!("{}{tenant}:{}", self.prefix, limit.as_str())
+        format!("{}{{{tenant}}}:{}", self.prefix, limit.as_str())
     }
 
     /// Checks (and, all passing, charges) `buckets` of `tenant` in Redis:
@@ -240,7 +301,7 @@ impl SharedLimits {
         match result {
             Ok(v) => {
                 if self.lock().down_since.take().is_some() {
-                    tracing::info!(url = %self.url, "redis for tenant limits reachable again");
+                    tracing::info!(redis = %self.target, "redis for tenant limits reachable again");
                 }
                 Ok(decode(&v, buckets))
             }
@@ -254,7 +315,7 @@ impl SharedLimits {
                 {
                     h.last_log = Some(now);
                     tracing::warn!(
-                        url = %self.url,
+                        redis = %self.target,
                         error = %e,
                         "redis for tenant limits unreachable; each gateway enforces them alone until it is back"
                     );
@@ -309,9 +370,15 @@ fn decode(v: &[i64], buckets: &[Bucket]) -> Result<(), Limited> {
     })
 }
 
+/// How the Redis thread reaches the limits.
+enum Client {
+    Server(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
 /// The Redis thread: runs each job as a task on its own runtime until
 /// every [`SharedLimits`] handle is gone.
-fn serve(client: redis::Client, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn serve(client: Client, timeout: Duration, mut rx: mpsc::UnboundedReceiver<Job>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -323,69 +390,95 @@ fn serve(client: redis::Client, timeout: Duration, mut rx: mpsc::UnboundedReceiv
         }
     };
     rt.block_on(async move {
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(RETRY_EVERY);
-        let conn = match client.get_connection_manager_lazy(cfg) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "no connection to the tenant limits' redis");
-                return;
+        match client {
+            Client::Server(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(RETRY_EVERY);
+                match client.get_connection_manager_lazy(cfg) {
+                    Ok(conn) => {
+                        while let Some(job) = rx.recv().await {
+                            spawn_job(conn.clone(), timeout, job);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no connection to the tenant limits' redis")
+                    }
+                }
             }
-        };
-        let sha: Arc<Mutex<Option<String>>> = Arc::default();
-        while let Some(job) = rx.recv().await {
-            let mut conn = conn.clone();
-            let sha = sha.clone();
-            tokio::spawn(async move {
-                let r = tokio::time::timeout(timeout, eval(&mut conn, &sha, &job))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "timed out",
-                        )))
-                    });
-                let _ = job.reply.send(r);
-            });
+            Client::Cluster(client) => {
+                // Made on the first job, and again after a failed attempt
+                // (at most every RETRY_EVERY); jobs meanwhile fail fast.
+                let mut conn = None;
+                let mut tried: Option<Instant> = None;
+                while let Some(job) = rx.recv().await {
+                    if conn.is_none() && tried.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
+                        tried = Some(Instant::now());
+                        match tokio::time::timeout(timeout, client.get_async_connection()).await {
+                            Ok(Ok(c)) => conn = Some(c),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "tenant limits' redis cluster: no connection")
+                            }
+                            Err(_) => tracing::debug!("tenant limits' redis cluster: connecting timed out"),
+                        }
+                    }
+                    match &conn {
+                        Some(c) => spawn_job(c.clone(), timeout, job),
+                        None => {
+                            let _ = job.reply.send(Err(redis::RedisError::from((
+                                redis::ErrorKind::Io,
+                                "no connection to the redis cluster",
+                            ))));
+                        }
+                    }
+                }
+            }
         }
     });
 }
 
-/// EVALSHA, loading the script first when Redis does not have it (first
-/// use, or Redis restarted).
-async fn eval(
-    conn: &mut ConnectionManager,
-    sha: &Mutex<Option<String>>,
-    job: &Job,
-) -> RedisResult<Vec<i64>> {
-    let known = sha.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(h) = known {
-        match evalsha(conn, &h, job).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {}
-            r => return r,
-        }
-    }
-    let h: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(SCRIPT)
-        .query_async(conn)
-        .await?;
-    *sha.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.clone());
-    evalsha(conn, &h, job).await
+/// Runs one job on `conn` under the timeout, answering its caller.
+fn spawn_job<C: ConnectionLike + Send + 'static>(mut conn: C, timeout: Duration, job: Job) {
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(timeout, eval(&mut conn, &job))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                )))
+            });
+        let _ = job.reply.send(r);
+    });
 }
 
-async fn evalsha(conn: &mut ConnectionManager, sha: &str, job: &Job) -> RedisResult<Vec<i64>> {
-    redis::cmd("EVALSHA")
-        .arg(sha)
-        .arg(job.keys.len())
-        .arg(&job.keys)
-        .arg(&job.args)
-        .query_async(conn)
-        .await
+/// The script's SHA-1, as `EVALSHA` names it.
+fn script_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| redis::Script::new(SCRIPT).get_hash().to_string())
+}
+
+/// `EVALSHA`, or `EVAL` with the whole script where the server does not
+/// know it yet (first use, a restarted server, a promoted replica). Both
+/// are routed by the first key on a cluster.
+async fn eval<C: ConnectionLike>(conn: &mut C, job: &Job) -> RedisResult<Vec<i64>> {
+    let run = |cmd: &str, script: &str| {
+        let mut c = redis::cmd(cmd);
+        c.arg(script)
+            .arg(job.keys.len())
+            .arg(&job.keys)
+            .arg(&job.args);
+        c
+    };
+    match run("EVALSHA", script_sha()).query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            run("EVAL", SCRIPT).query_async(conn).await
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]
@@ -408,7 +501,12 @@ mod tests {
 
     fn limits(server: &LocalRedis) -> SharedLimits {
         // Generous: a debug build on a busy machine.
-        SharedLimits::new(&server.url(), "test:limits:", Duration::from_millis(500)).unwrap()
+        SharedLimits::new(
+            Target::Server(server.url()),
+            "test:limits:",
+            Duration::from_millis(500),
+        )
+        .unwrap()
     }
 
     fn rps(n: f64) -> Bucket {

@@ -23,6 +23,15 @@ pub struct StoreArgs {
     /// started on a free port for the run.
     #[arg(long)]
     redis_url: Option<String>,
+    /// A Redis Cluster's seed nodes for `--tier redis`, comma separated
+    /// (`redis://h1:7000,redis://h2:7000`): the store in cluster mode, the
+    /// raw reads through the cluster client.
+    #[arg(long, value_delimiter = ',', conflicts_with = "redis_url")]
+    redis_nodes: Vec<String>,
+    /// `--tier redis` without `--redis-nodes`: start a local cluster of
+    /// this many masters, each with a replica, for the run.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["redis_url", "redis_nodes"])]
+    redis_cluster: usize,
     /// Tokens per chunk.
     #[arg(long, default_value_t = 256)]
     chunk_tokens: usize,
@@ -58,6 +67,8 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
             TierArg::Redis => BenchTier::Redis,
         },
         redis_url: args.redis_url,
+        redis_nodes: args.redis_nodes,
+        local_cluster_masters: args.redis_cluster,
         chunk_tokens: args.chunk_tokens,
         chunks: args.chunks,
         codec: args.codec,
@@ -112,6 +123,13 @@ fn print_table(r: &StoreReport) {
         ("codec decode (no I/O)", r.codec_decode_gb_per_s),
     ] {
         println!("{name:<26} {gbps:>10.2} {:>14.0}", gbps * per_gb);
+    }
+    if !r.redis_nodes.is_empty() {
+        println!(
+            "redis cluster: chunks on {} masters (seeds {})",
+            r.redis_masters_used,
+            r.redis_nodes.join(",")
+        );
     }
     println!("store load / raw: {:.0}%", r.load_vs_raw * 100.0);
 }

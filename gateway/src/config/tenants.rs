@@ -155,6 +155,11 @@ pub struct PolicyConfig {
     /// and prompt-token-rate limits are kept, shared by every gateway that
     /// points at it. Empty: each gateway enforces its limits alone.
     pub limits_redis: String,
+    /// Redis Cluster seed nodes (`["redis://host:port", ...]`) for the same
+    /// limits instead of `limits_redis`: a tenant's buckets share a hash
+    /// slot (`{tenant}` in their keys), so one check stays one atomic
+    /// script on one master.
+    pub limits_redis_nodes: Vec<String>,
     /// Prefix of the limit keys in `limits_redis`.
     pub limits_redis_prefix: String,
     /// Longest wait for Redis on a limit check, in milliseconds; past it
@@ -187,6 +192,7 @@ impl Default for PolicyConfig {
             queue_deadline_ms: 30_000,
             fair_quantum_tokens: 256,
             limits_redis: String::new(),
+            limits_redis_nodes: Vec::new(),
             limits_redis_prefix: "cake:limits:".into(),
             limits_redis_timeout_ms: 50,
             local_chunks_per_worker: 4096,
@@ -219,12 +225,26 @@ impl PolicyConfig {
                 "must be a finite number of bytes/s, 0 or more (0: as the workers measure)",
             ));
         }
-        if !self.limits_redis.is_empty() {
+        if !self.limits_redis.is_empty() && !self.limits_redis_nodes.is_empty() {
+            return Err(invalid(
+                "policy.limits_redis_nodes",
+                format!("{:?}", self.limits_redis_nodes),
+                "set either policy.limits_redis (one server) or policy.limits_redis_nodes (a cluster), not both",
+            ));
+        }
+        let urls = std::iter::once(("policy.limits_redis", &self.limits_redis))
+            .filter(|(_, u)| !u.is_empty())
+            .chain(
+                self.limits_redis_nodes
+                    .iter()
+                    .map(|u| ("policy.limits_redis_nodes", u)),
+            );
+        for (field, url) in urls {
             use redis::IntoConnectionInfo;
-            if let Err(e) = self.limits_redis.as_str().into_connection_info() {
+            if let Err(e) = url.as_str().into_connection_info() {
                 return Err(invalid(
-                    "policy.limits_redis",
-                    format!("{:?}", self.limits_redis),
+                    field,
+                    format!("{url:?}"),
                     format!("not a Redis URL: {e}"),
                 ));
             }

@@ -196,3 +196,37 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// A gateway over the `tiny` model written into `dir`, as `cake serve`
+/// runs it (an embedded engine, 16-token chunks, no disk tier); `engine`:
+/// more `[engine]` keys; `extra`: more sections.
+pub async fn tiny_gateway(dir: &std::path::Path, engine: &str, extra: &str) -> Gateway {
+    use cake_engine::init::{Dtype, preset, write_checkpoint};
+    let model = dir.join("model");
+    write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
+    let text = format!(
+        r#"
+        [server]
+        data_dir = "{data}"
+        [model]
+        path = "{model}"
+        [engine]
+        chunk_tokens = 16
+        token_budget = 64
+        {engine}
+        [kv]
+        chunk_tokens = 16
+        [kv.disk]
+        enabled = false
+        {extra}
+        "#,
+        data = dir.display(),
+        model = model.display()
+    );
+    let cfg = cake_gateway::Config::parse(&text).unwrap();
+    cfg.validate().unwrap();
+    let info = cake_gateway::model_info(&cfg, &model).unwrap();
+    let slots = cake_gateway::build_workers(&cfg, &model).unwrap();
+    let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
+    Gateway::start(&cfg.server, &cfg.policy, info, slots, l).unwrap()
+}
