@@ -38,11 +38,16 @@ enum Command {
     },
 }
 
+/// Without `RUST_LOG`: info, except the Redis cluster client's own
+/// reconnect chatter (a line per attempt while a node is down); the KV
+/// store and the limits log each outage once themselves.
+const DEFAULT_LOG: &str = "info,redis::cluster_handling=error";
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
