@@ -109,7 +109,7 @@ async fn fixed_rate(
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+    let hist = Arc::new(parking_lot::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
     let errors = Arc::new(AtomicU64::new(0));
@@ -125,9 +125,7 @@ async fn fixed_rate(
             match one(&c, &t).await {
                 Ok(()) => {
                     let us = t0.elapsed().as_micros() as u64;
-                    if let Ok(mut h) = h.lock() {
-                        let _ = h.record(us.max(1));
-                    }
+                    let _ = h.lock().record(us.max(1));
                 }
                 Err(_) => {
                     e.fetch_add(1, Ordering::Relaxed);
@@ -138,10 +136,7 @@ async fn fixed_rate(
     for t in tasks {
         let _ = t.await;
     }
-    let h = hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+    let h = hist.lock().clone();
     Ok((h, errors.load(Ordering::Relaxed)))
 }
 

@@ -230,7 +230,7 @@ async fn finish_order(
     gw: &Arc<Gateway>,
     sends: &[(&'static str, usize, &'static str, u64)],
 ) -> Vec<&'static str> {
-    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let finished = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for &(key, tokens, label, pause_ms) in sends {
         let (gw, finished) = (gw.clone(), finished.clone());
@@ -238,14 +238,14 @@ async fn finish_order(
             let body = format!(r#"{{"prompt": "hello world", "max_tokens": {tokens}}}"#);
             let r = call(&gw, Some(key), &body).await;
             assert_eq!(r.status, 200, "{}", r.text());
-            finished.lock().unwrap().push(label);
+            finished.lock().push(label);
         }));
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
     for t in tasks {
         t.await.unwrap();
     }
-    finished.lock().unwrap().clone()
+    finished.lock().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

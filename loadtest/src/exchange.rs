@@ -2,8 +2,9 @@
 //! closed loops: what the run knows (client, target, keys, prompts) and
 //! what it collects (records, counters) live on one [`Ctx`].
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -107,9 +108,7 @@ impl Ctx {
             class: sent.class,
             reuse: sent.reuse,
         };
-        if let Ok(mut r) = self.records.lock() {
-            r.push(rec);
-        }
+        self.records.lock().push(rec);
         self.done.fetch_add(1, Ordering::Relaxed);
         drop(permit);
         Exchanged {

@@ -3,8 +3,9 @@
 //! cannot hide its queueing by slowing the sender down. Items that start a
 //! closed loop hand it to `session.rs` at their planned time.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -285,10 +286,7 @@ pub async fn run(w: &Workload, plan: Arc<Plan>, spec: &RunSpec) -> Result<RunRes
     bar.set_message(format!("{} errors", ctx.failed.load(Ordering::Relaxed)));
     bar.finish();
 
-    let records = match ctx.records.lock() {
-        Ok(mut r) => std::mem::take(&mut *r),
-        Err(_) => Vec::new(),
-    };
+    let records = std::mem::take(&mut *ctx.records.lock());
     let elapsed = records
         .iter()
         .map(|r| r.intended + r.e2e)

@@ -7,8 +7,9 @@
 
 mod support;
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cake_loadtest::{Endpoint, Plan, RunResult, RunSpec, Workload, render_table, run, summarize};
@@ -67,8 +68,8 @@ async fn closed_chat_turns_carry_the_answers_received() {
     let result = run_toml(CLOSED, &mock.url(), Endpoint::Chat).await;
     assert_eq!(result.planned, 6);
     assert_eq!(result.records.len(), 6);
-    let seen = mock.seen.lock().unwrap().clone();
-    let times = mock.times.lock().unwrap().clone();
+    let seen = mock.seen.lock().clone();
+    let times = mock.times.lock().clone();
     let msgs = |i: usize| seen[i].1["messages"].as_array().unwrap().clone();
     let mut follow_ups = 0;
     for i in 0..seen.len() {
@@ -122,7 +123,7 @@ async fn closed_completions_append_the_answer_to_the_prompt() {
     .await;
     let result = run_toml(CLOSED, &mock.url(), Endpoint::Completions).await;
     assert_eq!(result.records.len(), 6);
-    let seen = mock.seen.lock().unwrap().clone();
+    let seen = mock.seen.lock().clone();
     let prompts: Vec<String> = seen
         .iter()
         .map(|(_, j)| j["prompt"].as_str().unwrap().to_string())
@@ -148,7 +149,7 @@ fn caching_mock(words: usize) -> impl Fn(&str, &Value) -> Reply + Send + Sync + 
     move |_, body| {
         let p = body["prompt"].as_str().unwrap();
         let doc: Vec<&str> = p.split(' ').take(words).collect();
-        let fresh = known.lock().unwrap().insert(doc.join(" "));
+        let fresh = known.lock().insert(doc.join(" "));
         let usage = if fresh {
             json!({"prompt_tokens": 100, "completion_tokens": 2,
                 "prompt_tokens_details": {"cached_tokens": 0},
@@ -170,7 +171,7 @@ fn caching_mock(words: usize) -> impl Fn(&str, &Value) -> Reply + Send + Sync + 
 /// The first 50 words of each prompt the mock received, with the count.
 fn documents(mock: &support::Mock) -> HashMap<String, usize> {
     let mut docs = HashMap::new();
-    for (_, j) in mock.seen.lock().unwrap().iter() {
+    for (_, j) in mock.seen.lock().iter() {
         let p = j["prompt"].as_str().unwrap();
         let doc: Vec<&str> = p.split(' ').take(50).collect();
         *docs.entry(doc.join(" ")).or_default() += 1;
@@ -207,7 +208,6 @@ question_tokens = { dist = "fixed", value = 5 }
     let prompts: HashSet<String> = mock
         .seen
         .lock()
-        .unwrap()
         .iter()
         .map(|(_, j)| j["prompt"].as_str().unwrap().to_string())
         .collect();
@@ -322,15 +322,15 @@ async fn a_failed_turn_ends_its_conversation_and_the_rest_is_unfinished() {
     .await;
     let toml = CLOSED.replace("user_tokens", "think_time_s = 0.05\nuser_tokens");
     let result = run_toml(&toml, &mock.url(), Endpoint::Chat).await;
-    assert_eq!(mock.seen.lock().unwrap().len(), 4);
-    let times = mock.times.lock().unwrap().clone();
+    assert_eq!(mock.seen.lock().len(), 4);
+    let times = mock.times.lock().clone();
     let s = summarize(&result);
     assert_eq!((s.planned, s.overall.requests, s.overall.ok), (6, 6, 2));
     assert_eq!(s.overall.errors_by_status["500"], 2);
     assert_eq!(s.overall.errors_by_status["unfinished"], 2);
     assert_eq!(s.per_turn["2+"].errors, 2);
     // The failed turns still waited for the answer and the think time.
-    let seen = mock.seen.lock().unwrap();
+    let seen = mock.seen.lock();
     for (i, (_, j)) in seen.iter().enumerate() {
         if j["messages"].as_array().unwrap().len() > 2 {
             let first = &j["messages"].as_array().unwrap()[..2];

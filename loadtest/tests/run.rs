@@ -101,7 +101,7 @@ async fn counts_latencies_goodput_and_splits() {
     let kinds: u64 = s.per_kind.values().map(|g| g.requests).sum();
     assert_eq!(kinds, 40);
     // Every request carried its tenant's key; shared prompts share a prefix.
-    let seen = mock.seen.lock().unwrap();
+    let seen = mock.seen.lock();
     assert_eq!(seen.len(), 40);
     assert!(seen.iter().all(|(k, _)| k == "key-a" || k == "key-b"));
     assert!(
@@ -228,7 +228,7 @@ reply_tokens = { dist = "fixed", value = 2 }
     let s = run_toml(toml, &mock.url(), Endpoint::Chat).await;
     assert_eq!(s.overall.ok, 12);
     assert_eq!(s.per_kind["conversation"].requests, 12);
-    let seen = mock.seen.lock().unwrap();
+    let seen = mock.seen.lock();
     let lens: Vec<usize> = seen
         .iter()
         .map(|(_, j)| j["messages"].as_array().unwrap().len())

@@ -1,9 +1,10 @@
 //! The embedded worker: the public handle over the scheduler thread and
 //! the I/O executor.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cake_policy::{ChunkCost, simulate_cake};
@@ -152,7 +153,7 @@ impl Engine {
     }
 
     fn send(&self, m: Msg) {
-        let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = self.inner.tx.lock();
         let _ = tx.send(m);
     }
 
@@ -429,12 +430,7 @@ impl Engine {
 
     /// Tokens used by each recent scheduler step (at most the last 4096).
     pub fn step_history(&self) -> Vec<u32> {
-        let s = self
-            .inner
-            .shared
-            .steps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let s = self.inner.shared.steps.lock();
         s.iter().copied().collect()
     }
 }

@@ -5,8 +5,9 @@
 //! hands its chunks over into the slots it owes; neither side claims those
 //! while the sibling runs.
 
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
@@ -252,9 +253,7 @@ impl LoadPlan {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
-        // A poisoned lock means a panic elsewhere; the slots themselves are
-        // always in a consistent state between statements.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        self.slots.lock()
     }
 
     pub(crate) fn cancel(&self) {

@@ -3,10 +3,11 @@
 //! prefills and Cake's compute side; the I/O side runs independently on
 //! the runtime and wakes the scheduler as chunks arrive.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::config::{BudgetOrder, EngineConfig};
@@ -105,7 +106,7 @@ impl Scheduler {
             let used = self.step();
             self.publish();
             if used > 0 {
-                let mut steps = self.shared.steps.lock().unwrap_or_else(|e| e.into_inner());
+                let mut steps = self.shared.steps.lock();
                 if steps.len() == STEP_HISTORY {
                     steps.pop_front();
                 }

@@ -1,7 +1,7 @@
 //! Moving averages a worker reports for placement: the chunk compute cost
 //! `t(i) = a + b·i` and the load bandwidth.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ impl ComputeMeter {
         }
         let y = secs * chunk as f64 / tokens as f64;
         let x = index as f64;
-        let mut s = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sums.lock();
         let keep = 1.0 - ALPHA;
         s.w = s.w * keep + 1.0;
         s.x = s.x * keep + x;
@@ -45,7 +45,7 @@ impl ComputeMeter {
     /// `(a, b)` in seconds; `(0, 0)` until measured. With samples at one
     /// index only, `b` is 0.
     pub(crate) fn fit(&self) -> (f64, f64) {
-        let s = *self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        let s = *self.sums.lock();
         if s.w <= 0.0 {
             return (0.0, 0.0);
         }
@@ -90,7 +90,7 @@ impl IoMeter {
     }
 
     pub(crate) fn begin(&self) {
-        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.inner.lock();
         if b.inflight == 0 {
             b.since = Some(Instant::now());
         }
@@ -99,7 +99,7 @@ impl IoMeter {
 
     pub(crate) fn end(&self, bytes: u64, ok: bool) {
         self.unplan(bytes);
-        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.inner.lock();
         b.inflight = b.inflight.saturating_sub(1);
         let now = Instant::now();
         if let Some(since) = b.since {
@@ -116,7 +116,7 @@ impl IoMeter {
 
     /// `n` loads dropped before finishing.
     pub(crate) fn abandon(&self, n: u64) {
-        let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.inner.lock();
         b.inflight = b.inflight.saturating_sub(n);
         if b.inflight == 0 {
             b.since = None;
@@ -129,7 +129,7 @@ impl IoMeter {
 
     /// Bytes/s while busy; 0 until measured.
     pub(crate) fn bandwidth(&self) -> f64 {
-        let b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.inner.lock();
         if b.secs > Duration::from_micros(10).as_secs_f64() {
             b.bytes / b.secs
         } else {

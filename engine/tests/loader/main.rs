@@ -317,7 +317,7 @@ async fn a_waiting_higher_priority_request_runs_first() {
     };
     let engine = Arc::new(Engine::start(f.model.clone(), f.tokenizer.clone(), None, cfg).unwrap());
     let vocab = f.model.config().vocab_size;
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     // The first holds the only running slot; then a low- and a
     // high-priority request wait, in that order.
@@ -331,7 +331,7 @@ async fn a_waiting_higher_priority_request_runs_first() {
         tasks.push(tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 if matches!(ev, WorkEvent::Done { .. }) {
-                    order.lock().unwrap().push(label);
+                    order.lock().push(label);
                 }
             }
         }));
@@ -339,7 +339,7 @@ async fn a_waiting_higher_priority_request_runs_first() {
     for t in tasks {
         t.await.unwrap();
     }
-    let order = order.lock().unwrap().clone();
+    let order = order.lock().clone();
     let pos = |l| order.iter().position(|&x| x == l).unwrap();
     assert!(pos("high") < pos("low"), "{order:?}");
 }

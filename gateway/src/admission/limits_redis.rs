@@ -28,8 +28,9 @@
 //! (`EVAL`, which caches it there) to a server that does not know it yet:
 //! a restarted server, a promoted replica.
 
+use parking_lot::Mutex;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cake_policy::{LimitKind, Limited, TenantLimits};
@@ -325,8 +326,8 @@ impl SharedLimits {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Health> {
+        self.health.lock()
     }
 
     async fn call(&self, tenant: &str, buckets: &[Bucket]) -> Result<Vec<i64>, SharedError> {

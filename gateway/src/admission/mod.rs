@@ -13,7 +13,8 @@ mod reload;
 pub(crate) mod sha256;
 mod tenants;
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -82,15 +83,9 @@ impl Admission {
         let redis = SharedLimits::reuse_or_new(&cfg.policy, old.tenants.shared_limits());
         let tenants = Tenants::new(&cfg.tenants, redis, Some(&old.tenants));
         if cfg.policy.placement != old.policy.placement {
-            self.place
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_policy(cfg.policy.placement);
+            self.place.lock().set_policy(cfg.policy.placement);
         }
-        self.sched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_limits(&cfg.policy);
+        self.sched.lock().set_limits(&cfg.policy);
         self.live.store(Arc::new(Live {
             tenants,
             policy: cfg.policy.clone(),

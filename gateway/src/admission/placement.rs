@@ -74,7 +74,7 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut p = self.adm.place.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.adm.place.lock();
         if let Some(r) = p.reserved.get_mut(self.worker) {
             *r = r.saturating_sub(1);
         }
@@ -234,7 +234,7 @@ impl Admission {
             .first()
             .map_or(0, |s| s.last_load().chunk_tokens as usize);
         let prefix = req.prefix(if chunk == 0 { 256 } else { chunk });
-        let mut p = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.place.lock();
         // Under the placement lock: a burst's requests are placed one
         // after the other, each seeing where the ones before it went.
         let in_flight = req.chunks.and_then(|c| self.prefixes.best(c));
@@ -315,7 +315,7 @@ impl Admission {
     /// (for shedding), and the fleet's prefill rate in tokens per second.
     pub fn estimate(&self, req: &PlaceRequest<'_>) -> Option<(Prediction, f64)> {
         let now = Instant::now();
-        let mut p = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.place.lock();
         let views = self.views(&mut p, now, false, req.chunk_tokens(), req.ids());
         drop(p);
         let rate = prefill_rate(
@@ -450,10 +450,7 @@ mod tests {
             drop(r);
         }
         let (adm, _mocks) = fleet(Some([report(0, true), report(0, true)])).await;
-        adm.place
-            .lock()
-            .unwrap()
-            .set_policy(PlacementPolicy::RoundRobin);
+        adm.place.lock().set_policy(PlacementPolicy::RoundRobin);
         let (a, r0) = place(&adm, &burst_prompt(0));
         drop(r0);
         let (b, _r1) = place(&adm, &burst_prompt(1));

@@ -83,7 +83,7 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         if self.armed {
-            let mut s = self.adm.sched.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.adm.sched.lock();
             let cap = self.adm.capacity();
             let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
@@ -158,7 +158,7 @@ impl Admission {
     /// given back.
     pub fn queue_wait(&self, tenant: &str, share: Share, cost: u64, fallback_rate: f64) -> Wait {
         let cap = self.capacity();
-        let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.sched.lock();
         if cap == usize::MAX || (s.running < cap && s.queue.is_empty()) {
             return Wait::default();
         }
@@ -179,7 +179,7 @@ impl Admission {
     /// back: the measured mean hold shared among them (zero before any
     /// was measured). What a full worker's refusal says to wait.
     pub fn next_slot(&self) -> Duration {
-        let s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.sched.lock();
         s.meter.next_free(s.running.max(1)).unwrap_or_default()
     }
 
@@ -195,7 +195,7 @@ impl Admission {
         predicted: Duration,
     ) -> Result<oneshot::Receiver<SlotGuard>, QueueFull<()>> {
         let (tx, rx) = oneshot::channel();
-        let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sched.lock();
         self.pump_locked(&mut s);
         // A priority tenant with no one of its level or above waiting may
         // take a headroom slot at once.
@@ -239,7 +239,7 @@ impl Admission {
 
     /// Refuses expired waiters and serves the queue while slots are free.
     pub fn pump(self: &Arc<Self>) {
-        let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sched.lock();
         self.pump_locked(&mut s);
     }
 

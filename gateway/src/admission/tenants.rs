@@ -9,8 +9,9 @@
 //! stay here, per gateway. Redis not answering, the gateway's own rate
 //! limiter decides instead (fail open, never a failed request).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cake_policy::{Refusal, TenantLimiter, TenantPolicy};
@@ -71,10 +72,7 @@ impl TenantEntry {
     /// shared rate limits this awaits Redis, at most
     /// `policy.limits_redis_timeout_ms`.
     pub async fn admit(&self, now: Instant, prompt_tokens: u64) -> Result<TenantPermit, Refusal> {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check(now, prompt_tokens)?;
+        self.limiter.lock().check(now, prompt_tokens)?;
         // From here a refusal drops the permit, giving the slot back.
         let permit = TenantPermit {
             limiter: self.limiter.clone(),
@@ -87,7 +85,7 @@ impl TenantEntry {
             Ok(Ok(())) => Ok(permit),
             Ok(Err(limited)) => Err(limited.into()),
             Err(_) => {
-                let mut f = s.fallback.lock().unwrap_or_else(|e| e.into_inner());
+                let mut f = s.fallback.lock();
                 f.check(now, prompt_tokens)?;
                 // The stand-in counts no concurrency.
                 f.release();
@@ -118,10 +116,7 @@ pub struct TenantPermit {
 
 impl Drop for TenantPermit {
     fn drop(&mut self) {
-        self.limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .release();
+        self.limiter.lock().release();
     }
 }
 

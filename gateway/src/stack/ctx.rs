@@ -1,9 +1,10 @@
 //! What travels down the stack: the shared state, the tenant, and a
 //! generation request's context, filled in layer by layer.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cake_engine::Tokenizer;
@@ -151,12 +152,12 @@ pub struct MetaInner {
 
 impl RequestMeta {
     pub fn update(&self, f: impl FnOnce(&mut MetaInner)) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock();
         f(&mut g);
     }
 
     pub fn get(&self) -> MetaInner {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.lock().clone()
     }
 }
 

@@ -60,12 +60,12 @@ struct Inner {
     /// Hashes of prompt prefixes ending at a chunk boundary, as a store
     /// that kept every chunk it computed would have them.
     stored: DashSet<u64>,
-    last: std::sync::Mutex<Option<WorkRequest>>,
+    last: parking_lot::Mutex<Option<WorkRequest>>,
     /// A load report to answer with instead of the real one.
-    fake_load: std::sync::Mutex<Option<LoadReport>>,
+    fake_load: parking_lot::Mutex<Option<LoadReport>>,
     /// Every request fails with this kind, as an engine's error would:
     /// `overloaded` at submit, the others as the first event.
-    fail: std::sync::Mutex<Option<WorkErrorKind>>,
+    fail: parking_lot::Mutex<Option<WorkErrorKind>>,
 }
 
 /// Stored chunks are namespaced by cache group, as the engine's chunk keys
@@ -89,9 +89,9 @@ impl MockWorker {
                 finished: AtomicU64::new(0),
                 cancelled: AtomicU64::new(0),
                 stored: DashSet::new(),
-                last: std::sync::Mutex::new(None),
-                fake_load: std::sync::Mutex::new(None),
-                fail: std::sync::Mutex::new(None),
+                last: parking_lot::Mutex::new(None),
+                fake_load: parking_lot::Mutex::new(None),
+                fail: parking_lot::Mutex::new(None),
             }),
         }
     }
@@ -117,23 +117,19 @@ impl MockWorker {
 
     /// The last request submitted.
     pub fn last_request(&self) -> Option<WorkRequest> {
-        self.inner.last.lock().map(|g| g.clone()).unwrap_or(None)
+        self.inner.last.lock().clone()
     }
 
     /// Fails every request with `kind` (`None`: serves again): a full
     /// engine refuses at submit (`overloaded`), other kinds come as the
     /// request's first event, as an engine's step failure does.
     pub fn fail_with(&self, kind: Option<WorkErrorKind>) {
-        if let Ok(mut g) = self.inner.fail.lock() {
-            *g = kind;
-        }
+        *self.inner.fail.lock() = kind;
     }
 
     /// Answers load checks with `report` (`None`: the real one again).
     pub fn set_load(&self, report: Option<LoadReport>) {
-        if let Ok(mut g) = self.inner.fake_load.lock() {
-            *g = report;
-        }
+        *self.inner.fake_load.lock() = report;
     }
 
     /// Marks every full chunk of `prompt` stored for `cache_group`, as if
@@ -195,7 +191,7 @@ impl Worker for MockWorker {
             let e = WorkerError::Unreachable(format!("{} is down", self.inner.name));
             return futures::future::ready(Err(e)).boxed();
         }
-        let fail = self.inner.fail.lock().ok().and_then(|g| *g);
+        let fail = *self.inner.fail.lock();
         if fail == Some(WorkErrorKind::Overloaded) {
             let e = WorkerError::from_kind(
                 WorkErrorKind::Overloaded,
@@ -204,9 +200,7 @@ impl Worker for MockWorker {
             return futures::future::ready(Err(e)).boxed();
         }
         self.inner.submitted.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut g) = self.inner.last.lock() {
-            *g = Some(req.clone());
-        }
+        *self.inner.last.lock() = Some(req.clone());
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
         tokio::spawn(async move {
@@ -336,7 +330,7 @@ impl Worker for MockWorker {
 
     fn load(&self) -> BoxFuture<'static, Result<LoadReport, WorkerError>> {
         let i = &self.inner;
-        if let Some(r) = i.fake_load.lock().ok().and_then(|g| g.clone()) {
+        if let Some(r) = i.fake_load.lock().clone() {
             return futures::future::ready(Ok(r)).boxed();
         }
         let running = i

@@ -3,8 +3,8 @@
 //! gateway sent each worker and has not seen finish), so placement never
 //! waits for a worker's report.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ impl WorkerSlot {
 
     /// When the last load report was asked for (`None`: no report yet).
     pub fn load_as_of(&self) -> Option<Instant> {
-        *self.load_as_of.lock().unwrap_or_else(|e| e.into_inner())
+        *self.load_as_of.lock()
     }
 }
 
@@ -187,7 +187,7 @@ impl WorkerPool {
             if let Ok(Ok(report)) = tokio::time::timeout(slot.timeout, slot.worker.load()).await {
                 tm::worker_load(slot.name(), &report);
                 slot.load.store(Arc::new(report));
-                *slot.load_as_of.lock().unwrap_or_else(|e| e.into_inner()) = Some(asked);
+                *slot.load_as_of.lock() = Some(asked);
             }
         });
         futures::future::join_all(checks).await;

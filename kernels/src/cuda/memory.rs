@@ -19,7 +19,7 @@ impl Backend {
     /// `inv_freq` on the device, uploaded on first use.
     pub(crate) fn rope_freqs(&self, inv_freq: &[f32]) -> Result<Arc<CudaSlice<f32>>> {
         let key: Vec<u32> = inv_freq.iter().map(|f| f.to_bits()).collect();
-        let mut cache = self.rope_freqs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.rope_freqs.lock();
         if let Some(d) = cache.get(&key) {
             return Ok(d.clone());
         }
@@ -117,7 +117,7 @@ impl Backend {
             .map_err(|e| err("allocating GPU memory", e))?;
         let per = (STAGING_BYTES / std::mem::size_of::<T>().max(1)).max(1);
         let mut bufs = {
-            let mut pool = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = self.staging.lock();
             let mut v = Vec::with_capacity(2);
             while v.len() < 2 {
                 match pool.pop() {
@@ -159,10 +159,7 @@ impl Backend {
                     .map_err(|e| err("recording a copy event", e))?,
             );
         }
-        self.staging
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(bufs);
+        self.staging.lock().extend(bufs);
         Ok(dst)
     }
 

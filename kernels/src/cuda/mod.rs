@@ -11,8 +11,9 @@
 //! buffer's last write, so an op on `compute` that reads a chunk uploaded
 //! on `copy` waits for exactly that chunk's copy and nothing else.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
@@ -109,7 +110,7 @@ fn registry() -> &'static Registry {
 /// driver, no such GPU, NVRTC or cuBLAS missing) is remembered and
 /// returned again with the same reason.
 pub(crate) fn backend(ordinal: usize) -> Result<Arc<Backend>> {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = registry().lock();
     let entry = r.entry(ordinal).or_insert_with(|| {
         Backend::new(ordinal)
             .map(Arc::new)

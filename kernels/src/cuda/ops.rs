@@ -88,7 +88,7 @@ impl Backend {
         let (xp, _gx) = x.device_ptr(&self.compute);
         let (wp, _gw) = w.device_ptr(&self.compute);
         let (op, _go) = cudarc::driver::DevicePtrMut::device_ptr_mut(out, &self.compute);
-        let blas = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        let blas = self.blas.lock();
         // SAFETY: the pointers cover m·k, n·k and m·n values of the types
         // named, on the stream the handle is bound to.
         unsafe {

@@ -5,10 +5,11 @@
 // Test fixture: panicking on a broken mock is the right failure.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -221,8 +222,8 @@ async fn handle(
     }
     let reply = behaviour(&key, &json);
     {
-        let mut s = seen.0.lock().unwrap();
-        seen.1.lock().unwrap().push(std::time::Instant::now());
+        let mut s = seen.0.lock();
+        seen.1.lock().push(std::time::Instant::now());
         s.push((key.clone(), json));
     }
     Ok(match reply {
