@@ -32,21 +32,6 @@ async fn bounded<T>(f: impl Future<Output = T>) -> T {
         .expect("test hung")
 }
 
-/// Keys each master holds, asked of the masters themselves.
-fn keys_per_master(cluster: &LocalRedisCluster) -> Vec<(u16, i64)> {
-    cluster
-        .masters()
-        .into_iter()
-        .map(|port| {
-            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            (port, redis::cmd("DBSIZE").query(&mut c).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn our_slots_are_the_clusters() {
     let Some(cluster) = LocalRedisCluster::for_test(3, 0) else {
@@ -96,7 +81,7 @@ async fn chunks_spread_over_the_masters_and_survive_a_failover() {
         }
 
         // The masters themselves hold the chunks, on more than one.
-        let held = keys_per_master(&cluster);
+        let held = cluster.keys_per_master();
         let holding: Vec<_> = held.iter().filter(|(_, n)| *n > 0).collect();
         assert!(holding.len() >= 2, "{held:?}");
         assert_eq!(held.iter().map(|(_, n)| n).sum::<i64>(), keys.len() as i64);
@@ -135,7 +120,7 @@ async fn chunks_spread_over_the_masters_and_survive_a_failover() {
                 vec![Some(Tier::Redis); keys.len()]
             );
         }
-        let held = keys_per_master(&cluster);
+        let held = cluster.keys_per_master();
         let holding: Vec<_> = held.iter().filter(|(_, n)| *n > 0).collect();
         assert!(!holding.is_empty(), "{held:?}");
 

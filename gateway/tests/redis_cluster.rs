@@ -19,21 +19,6 @@ fn toml_list(urls: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// Keys each running master holds, asked of the masters themselves.
-fn keys_per_master(cluster: &LocalRedisCluster) -> Vec<(u16, i64)> {
-    cluster
-        .masters()
-        .into_iter()
-        .map(|port| {
-            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            (port, redis::cmd("DBSIZE").query(&mut c).unwrap())
-        })
-        .collect()
-}
-
 /// A document of about 200 tokens of the tiny model: a dozen chunks.
 fn document(i: u32) -> String {
     (0..40)
@@ -84,7 +69,7 @@ async fn prompts_are_cached_through_a_cluster_and_a_failover_fails_no_request() 
 
     // A repeated prompt is cached, through the cluster alone.
     assert!(until_cached(&gw, &document(0), 40).await.is_some());
-    let held = keys_per_master(&cluster);
+    let held = cluster.keys_per_master();
     let holding: Vec<_> = held.iter().filter(|(_, n)| *n > 0).collect();
     assert!(holding.len() >= 2, "chunks on one master only: {held:?}");
 

@@ -280,6 +280,21 @@ impl LocalRedisCluster {
         self.wait_ok(Duration::from_secs(20))
     }
 
+    /// Keys each running master holds (`DBSIZE`, asked of the masters
+    /// themselves), as `(port, keys)`.
+    pub fn keys_per_master(&self) -> Vec<(u16, i64)> {
+        self.masters()
+            .into_iter()
+            .map(|port| {
+                let n = match command(port, &["DBSIZE"]) {
+                    Ok(redis::Value::Int(n)) => n,
+                    _ => 0,
+                };
+                (port, n)
+            })
+            .collect()
+    }
+
     /// Kills the node on `port` at once (SIGKILL).
     pub fn kill(&mut self, port: u16) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port() == port) {
