@@ -1,5 +1,5 @@
 //! `cake-gateway`: all of Cake's HTTP — the OpenAI-compatible gateway
-//! (hyper + tower, the stack composed in [`stack`]), the worker trait and
+//! (hyper + tower, the stack composed in `stack`), the worker trait and
 //! its embedded, remote (`cake worker`) and OpenAI pass-through forms,
 //! config loading, metrics, and the gateway benchmark.
 //!

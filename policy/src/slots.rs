@@ -102,7 +102,7 @@ impl SlotMeter {
 
     /// The factor predictions are scaled by: the worst recent ratio of a
     /// wait to its prediction, at least 1 (a prediction that ran long is
-    /// not shortened), at most [`MAX_CALIBRATION`].
+    /// not shortened), at most `MAX_CALIBRATION` (3).
     pub fn correction(&self) -> f64 {
         self.ratios.iter().copied().fold(1.0, f64::max)
     }

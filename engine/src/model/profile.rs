@@ -4,7 +4,7 @@
 use cake_kernels::Device;
 
 /// Where a forward pass spent its time (filled by
-/// [`Model::forward_profiled`]; the CPU backend runs ops synchronously, so
+/// [`super::Model::forward_profiled`]; the CPU backend runs ops synchronously, so
 /// wall time around each op is that op's time).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Profile {
