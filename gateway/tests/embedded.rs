@@ -4,9 +4,8 @@
 
 mod common;
 
-use cake_engine::init::{Dtype, preset, write_checkpoint};
 use cake_gateway::Config;
-use common::{get, post, tiny_gateway};
+use common::{get, post, tiny_config, tiny_gateway};
 use serde_json::{Value, json};
 
 async fn start(dir: &std::path::Path) -> cake_gateway::Gateway {
@@ -171,32 +170,11 @@ fn work(prompt: Vec<u32>) -> cake_engine::worker::WorkRequest {
 }
 
 async fn full_engine(dir: &std::path::Path) -> FullEngine {
-    let model = dir.join("model");
-    write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
-    let text = format!(
-        r#"
-        [server]
-        data_dir = "{data}"
-        [model]
-        path = "{model}"
-        [engine]
-        chunk_tokens = 16
-        token_budget = 64
-        max_running = 1
-        max_waiting = 0
-        [kv]
-        chunk_tokens = 16
-        [kv.disk]
-        enabled = false
-        [kv.throttle]
-        enabled = true
-        latency_us = 60000000
-        "#,
-        data = dir.display(),
-        model = model.display()
+    let (cfg, model) = tiny_config(
+        dir,
+        "max_running = 1\nmax_waiting = 0",
+        "[kv.throttle]\nenabled = true\nlatency_us = 60000000",
     );
-    let cfg = Config::parse(&text).unwrap();
-    cfg.validate().unwrap();
     let slots = cake_gateway::build_workers(&cfg, &model).unwrap();
     // A full chunk, so its lookup goes through the slow link.
     let held = slots[0]

@@ -251,7 +251,10 @@ impl LocalRedisCluster {
     pub fn master_of_slot(&self, slot: u16) -> Option<u16> {
         let port = *self.ports().first()?;
         let reply = command(port, &["CLUSTER", "SLOTS"]).ok()?;
-        super::redis_link::slot_master(&reply, slot)
+        super::redis_link::slot_ranges(&reply)
+            .into_iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .map(|r| r.2)
     }
 
     /// Moves all but `keep` of the hash slots (and their keys) of the
@@ -260,7 +263,12 @@ impl LocalRedisCluster {
     /// no longer votes in failovers.
     pub fn move_slots(&self, from: u16, to: u16, keep: usize) -> io::Result<()> {
         let map = command(from, &["CLUSTER", "SLOTS"])?;
-        let slots = super::redis_link::slots_of(&map, from).saturating_sub(keep);
+        let slots = super::redis_link::slot_ranges(&map)
+            .iter()
+            .filter(|r| r.2 == from)
+            .map(|r| usize::from(r.1 - r.0) + 1)
+            .sum::<usize>()
+            .saturating_sub(keep);
         let id = |port| command(port, &["CLUSTER", "MYID"]).map(|v| text(&v));
         let (from_id, to_id) = (id(from)?, id(to)?);
         let cli = redis_cli()
@@ -314,8 +322,8 @@ impl LocalRedisCluster {
                     .is_ok_and(|i| text(&i).contains("cluster_state:ok"))
             }) && command(ports[0], &["CLUSTER", "SLOTS"]).is_ok_and(|s| {
                 // Every master in the map is one that runs.
-                let masters = super::redis_link::slot_masters(&s);
-                !masters.is_empty() && masters.iter().all(|p| ports.contains(p))
+                let ranges = super::redis_link::slot_ranges(&s);
+                !ranges.is_empty() && ranges.iter().all(|r| ports.contains(&r.2))
             }) && ports.iter().all(|&p| {
                 command(p, &["INFO", "replication"]).is_ok_and(|i| {
                     let i = text(&i);

@@ -181,20 +181,6 @@ impl Backend {
             }
         }
     }
-
-    /// The masters of a cluster, from the current slot map (empty for one
-    /// server or before the first call).
-    pub fn masters(&self) -> Vec<String> {
-        match self {
-            Backend::Single { .. } => Vec::new(),
-            Backend::Cluster(c) => {
-                let mut m: Vec<String> = c.slots.lock().ranges.iter().map(|r| r.addr()).collect();
-                m.sort();
-                m.dedup();
-                m
-            }
-        }
-    }
 }
 
 /// Whether `e` means the server could not be reached or did not answer
@@ -340,27 +326,13 @@ fn parse_slots(v: &Value) -> Vec<Range> {
     ranges
 }
 
-/// The ports of the masters in a `CLUSTER SLOTS` reply.
-pub(super) fn slot_masters(v: &Value) -> Vec<u16> {
-    parse_slots(v).into_iter().map(|r| r.port).collect()
-}
-
-/// How many slots the master on `port` serves in a `CLUSTER SLOTS` reply.
-pub(super) fn slots_of(v: &Value, port: u16) -> usize {
+/// A `CLUSTER SLOTS` reply as `(first slot, last slot, master port)`, for
+/// the local test cluster.
+pub(super) fn slot_ranges(v: &Value) -> Vec<(u16, u16, u16)> {
     parse_slots(v)
-        .iter()
-        .filter(|r| r.port == port)
-        .map(|r| usize::from(r.end - r.start) + 1)
-        .sum()
-}
-
-/// The port of the master serving `slot` in a `CLUSTER SLOTS` reply.
-pub(super) fn slot_master(v: &Value, slot: u16) -> Option<u16> {
-    let map = SlotMap {
-        ranges: parse_slots(v),
-        ..SlotMap::default()
-    };
-    map.find(slot).map(|i| map.ranges[i].port)
+        .into_iter()
+        .map(|r| (r.start, r.end, r.port))
+        .collect()
 }
 
 /// A Redis Cluster; see the module docs.

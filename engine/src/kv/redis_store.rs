@@ -56,12 +56,6 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
-    /// On a cluster, the masters (`host:port`) serving slots as of the
-    /// last call; empty for one server.
-    pub fn masters(&self) -> Vec<String> {
-        self.backend.masters()
-    }
-
     /// On a cluster, the masters the slot map says hold `keys`.
     pub fn masters_of(&self, keys: &[ChunkKey]) -> std::collections::BTreeSet<String> {
         keys.iter()

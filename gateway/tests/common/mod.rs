@@ -197,10 +197,15 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
-/// A gateway over the `tiny` model written into `dir`, as `cake serve`
-/// runs it (an embedded engine, 16-token chunks, no disk tier); `engine`:
-/// more `[engine]` keys; `extra`: more sections.
-pub async fn tiny_gateway(dir: &std::path::Path, engine: &str, extra: &str) -> Gateway {
+/// The config of a gateway over the `tiny` model written into `dir`, as
+/// `cake serve` runs it (an embedded engine, 16-token chunks, no disk
+/// tier), and the model's folder; `engine`: more `[engine]` keys; `extra`:
+/// more sections.
+pub fn tiny_config(
+    dir: &std::path::Path,
+    engine: &str,
+    extra: &str,
+) -> (cake_gateway::Config, std::path::PathBuf) {
     use cake_engine::init::{Dtype, preset, write_checkpoint};
     let model = dir.join("model");
     write_checkpoint(&preset("tiny").unwrap(), 1, Dtype::F32, &model).unwrap();
@@ -225,6 +230,12 @@ pub async fn tiny_gateway(dir: &std::path::Path, engine: &str, extra: &str) -> G
     );
     let cfg = cake_gateway::Config::parse(&text).unwrap();
     cfg.validate().unwrap();
+    (cfg, model)
+}
+
+/// A gateway over [`tiny_config`].
+pub async fn tiny_gateway(dir: &std::path::Path, engine: &str, extra: &str) -> Gateway {
+    let (cfg, model) = tiny_config(dir, engine, extra);
     let info = cake_gateway::model_info(&cfg, &model).unwrap();
     let slots = cake_gateway::build_workers(&cfg, &model).unwrap();
     let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
