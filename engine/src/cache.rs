@@ -165,6 +165,9 @@ pub struct KvCache {
     device: Device,
     chunks: Vec<DeviceChunk>,
     len: usize,
+    /// The last piece holds decoded tokens only (see
+    /// [`KvCache::push_device_chunk`]), so the next decoded token joins it.
+    tail_decoded: bool,
 }
 
 impl KvCache {
@@ -174,6 +177,7 @@ impl KvCache {
             device,
             chunks: Vec::new(),
             len: 0,
+            tail_decoded: false,
         }
     }
 
@@ -211,6 +215,7 @@ impl KvCache {
         }
         let c = DeviceChunk::from_host(&chunk, self.device)?;
         self.len += c.tokens;
+        self.tail_decoded = false;
         self.chunks.push(c);
         Ok(())
     }
@@ -230,6 +235,7 @@ impl KvCache {
             ));
         }
         self.len += c.tokens;
+        self.tail_decoded = false;
         self.chunks.push(c);
         Ok(())
     }
@@ -313,6 +319,8 @@ impl KvCache {
     /// straddling `len` is cut).
     pub fn truncate(&mut self, len: usize) -> Result<(), EngineError> {
         while self.len > len {
+            // A cut piece may be a prompt's: later tokens start their own.
+            self.tail_decoded = false;
             let Some(last) = self.chunks.pop() else { break };
             self.len -= last.tokens;
             if self.len < len {
@@ -334,9 +342,33 @@ impl KvCache {
         Ok(())
     }
 
-    pub(crate) fn push_device_chunk(&mut self, c: DeviceChunk) {
+    /// Appends what a forward pass computed. A decode step computes one
+    /// token; on the CPU consecutive decoded tokens join one piece, grown in
+    /// place, instead of one piece each: attention then reads their keys and
+    /// values where they are (a key block inside one piece is not copied)
+    /// and walks a few pieces instead of one per token. Anything else starts
+    /// a piece of its own, so prompt chunks keep their boundaries.
+    pub(crate) fn push_device_chunk(&mut self, c: DeviceChunk) -> Result<(), EngineError> {
         self.len += c.tokens;
+        let decoded = c.tokens == 1 && self.device.is_cpu();
+        if decoded
+            && self.tail_decoded
+            && let Some(last) = self.chunks.last_mut()
+        {
+            for (t, n) in last
+                .k
+                .iter_mut()
+                .zip(&c.k)
+                .chain(last.v.iter_mut().zip(&c.v))
+            {
+                t.append_rows(n)?;
+            }
+            last.tokens += c.tokens;
+            return Ok(());
+        }
+        self.tail_decoded = decoded;
         self.chunks.push(c);
+        Ok(())
     }
 
     pub(crate) fn layer_views(&self, layer: usize) -> (Vec<&Tensor>, Vec<&Tensor>) {

@@ -76,6 +76,42 @@ fn prefill_in_two_calls_equals_one_call_bitwise() {
     }
 }
 
+#[test]
+fn decoded_tokens_join_one_piece_with_the_same_bits() {
+    let (_t, dir) = tiny(Dtype::F32, 5);
+    let model = Model::load(&dir, Device::Cpu).unwrap();
+    let toks = tokens(70, model.config().vocab_size, 6);
+    let mut whole = model.new_cache();
+    let want = model.prefill(&mut whole, &toks, 32).unwrap().last_logits;
+    // The prompt, then one token a step, as decoding runs.
+    let mut dec = model.new_cache();
+    model.prefill(&mut dec, &toks[..50], 32).unwrap();
+    let mut last = Vec::new();
+    for t in &toks[50..] {
+        last = model
+            .forward(&mut dec, std::slice::from_ref(t))
+            .unwrap()
+            .into_vec()
+            .unwrap();
+    }
+    assert_eq!(last, want, "decoded logits");
+    assert_eq!(
+        dec.chunk_lens(),
+        vec![32, 18, 20],
+        "one piece for the decoded"
+    );
+    assert!(kv_by_layer(&dec) == kv_by_layer(&whole));
+    assert_eq!(dec.range(40, 65).unwrap(), whole.range(40, 65).unwrap());
+    // Cut back inside the decoded piece and decode again: a piece of its
+    // own after the cut, the same KV as before.
+    dec.truncate(60).unwrap();
+    for t in &toks[60..] {
+        model.forward(&mut dec, std::slice::from_ref(t)).unwrap();
+    }
+    assert_eq!(dec.chunk_lens(), vec![32, 18, 10, 10]);
+    assert!(kv_by_layer(&dec) == kv_by_layer(&whole));
+}
+
 /// Per layer, K of every position then V of every position, whatever the
 /// chunking.
 fn kv_by_layer(cache: &cake_engine::KvCache) -> Vec<(Vec<f32>, Vec<f32>)> {

@@ -304,86 +304,150 @@ pub fn attention(
     values: &[&Tensor],
     scale: f32,
 ) -> Result<Tensor> {
-    let qs = q.shape();
-    if qs.len() != 3 {
-        return Err(shape_err("attention", format!("q {qs:?}")));
-    }
-    let (m, n_heads, hd) = (qs[0], qs[1], qs[2]);
-    if keys.len() != values.len() || keys.is_empty() {
-        return Err(shape_err(
-            "attention",
-            format!("{} key chunks, {} value chunks", keys.len(), values.len()),
-        ));
-    }
-    let kv_heads = keys[0].shape().get(1).copied().unwrap_or(0);
-    let mut total = 0;
-    for (k, v) in keys.iter().zip(values) {
-        let ks = k.shape();
-        if ks.len() != 3 || ks[1] != kv_heads || ks[2] != hd || v.shape() != ks {
+    let one = Attn {
+        q,
+        q_pos0,
+        keys,
+        values,
+    };
+    let mut out = attention_many(&[one], scale)?;
+    out.pop()
+        .ok_or_else(|| shape_err("attention", "no output for the one call"))
+}
+
+/// One sequence's queries and KV cache for [`attention_many`]: the
+/// arguments of [`attention`].
+#[derive(Clone, Copy)]
+pub struct Attn<'a> {
+    pub q: &'a Tensor,
+    pub q_pos0: usize,
+    pub keys: &'a [&'a Tensor],
+    pub values: &'a [&'a Tensor],
+}
+
+impl Attn<'_> {
+    /// Checks the shapes; the kernels' shape of the call.
+    fn shape(&self) -> Result<cpu::AttnShape> {
+        let qs = self.q.shape();
+        if qs.len() != 3 {
+            return Err(shape_err("attention", format!("q {qs:?}")));
+        }
+        let (m, n_heads, hd) = (qs[0], qs[1], qs[2]);
+        let (keys, values) = (self.keys, self.values);
+        if keys.len() != values.len() || keys.is_empty() {
             return Err(shape_err(
                 "attention",
-                format!("kv chunk k {ks:?} v {:?} for q {qs:?}", v.shape()),
+                format!("{} key chunks, {} value chunks", keys.len(), values.len()),
             ));
         }
-        total += ks[0];
+        let kv_heads = keys[0].shape().get(1).copied().unwrap_or(0);
+        let mut total = 0;
+        for (k, v) in keys.iter().zip(values) {
+            let ks = k.shape();
+            if ks.len() != 3 || ks[1] != kv_heads || ks[2] != hd || v.shape() != ks {
+                return Err(shape_err(
+                    "attention",
+                    format!("kv chunk k {ks:?} v {:?} for q {qs:?}", v.shape()),
+                ));
+            }
+            total += ks[0];
+        }
+        if kv_heads == 0 || n_heads % kv_heads != 0 {
+            return Err(shape_err(
+                "attention",
+                format!("{n_heads} query heads over {kv_heads} kv heads"),
+            ));
+        }
+        if total < self.q_pos0 + m {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "kv covers {total} positions, queries reach {}",
+                    self.q_pos0 + m
+                ),
+            ));
+        }
+        Ok(cpu::AttnShape {
+            m,
+            n_heads,
+            kv_heads,
+            hd,
+            q_pos0: self.q_pos0,
+        })
     }
-    if kv_heads == 0 || n_heads % kv_heads != 0 {
-        return Err(shape_err(
-            "attention",
-            format!("{n_heads} query heads over {kv_heads} kv heads"),
-        ));
+}
+
+/// The host data of CPU tensors.
+fn host<'a>(ts: &[&'a Tensor]) -> Vec<&'a [f32]> {
+    ts.iter().map(|t| t.cpu()).collect()
+}
+
+/// [`attention`] of several sequences at once, each over its own cache (a
+/// decode batch). On the CPU all of them run in one parallel region, so the
+/// threads share the batch's work; each result is bitwise what its own
+/// [`attention`] call gives. All tensors must be on one device.
+pub fn attention_many(calls: &[Attn<'_>], scale: f32) -> Result<Vec<Tensor>> {
+    let shapes = calls.iter().map(Attn::shape).collect::<Result<Vec<_>>>()?;
+    let mut all: Vec<&Tensor> = Vec::new();
+    for c in calls {
+        all.push(c.q);
+        all.extend(c.keys.iter().copied());
+        all.extend(c.values.iter().copied());
     }
-    if total < q_pos0 + m {
-        return Err(shape_err(
-            "attention",
-            format!("kv covers {total} positions, queries reach {}", q_pos0 + m),
-        ));
-    }
-    let mut all: Vec<&Tensor> = vec![q];
-    all.extend(keys.iter().copied());
-    all.extend(values.iter().copied());
     match same_device("attention", &all)? {
         Device::Cpu => {
-            let ks: Vec<&[f32]> = keys.iter().map(|k| k.cpu()).collect();
-            let vs: Vec<&[f32]> = values.iter().map(|v| v.cpu()).collect();
-            let mut out = vec![0.0; q.len()];
-            cpu::attention(
-                q.cpu(),
-                cpu::AttnShape {
-                    m,
-                    n_heads,
-                    kv_heads,
-                    hd,
-                    q_pos0,
-                },
-                &ks,
-                &vs,
-                scale,
-                &mut out,
-            );
-            Tensor::from_vec(out, qs, Device::Cpu)
+            let keys: Vec<Vec<&[f32]>> = calls.iter().map(|c| host(c.keys)).collect();
+            let values: Vec<Vec<&[f32]>> = calls.iter().map(|c| host(c.values)).collect();
+            let cpu_calls: Vec<cpu::AttnCall<'_>> = calls
+                .iter()
+                .zip(&shapes)
+                .zip(keys.iter().zip(&values))
+                .map(|((c, &s), (ks, vs))| cpu::AttnCall {
+                    q: c.q.cpu(),
+                    s,
+                    keys: ks,
+                    values: vs,
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = calls.iter().map(|c| vec![0.0; c.q.len()]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            cpu::attention_many(&cpu_calls, scale, &mut views);
+            outs.into_iter()
+                .zip(calls)
+                .map(|(o, c)| Tensor::from_vec(o, c.q.shape(), Device::Cpu))
+                .collect()
         }
         #[cfg(feature = "cuda")]
-        Device::Cuda(o) => {
-            let ks = keys
-                .iter()
-                .map(|k| k.cuda_buf().and_then(|b| b.f32("attention")))
-                .collect::<Result<Vec<_>>>()?;
-            let vs = values
-                .iter()
-                .map(|v| v.cuda_buf().and_then(|b| b.f32("attention")))
-                .collect::<Result<Vec<_>>>()?;
-            let lens: Vec<usize> = keys.iter().map(|k| k.shape()[0]).collect();
-            let out = cuda::backend(o)?.attention(
-                q.cuda_buf()?.f32("attention")?,
-                &ks,
-                &vs,
-                &lens,
-                (m, n_heads, kv_heads, hd),
-                q_pos0,
-                scale,
-            )?;
-            Ok(Tensor::from_cuda(o, Buf::F32(out), qs))
-        }
+        Device::Cuda(o) => calls
+            .iter()
+            .zip(&shapes)
+            .map(|(c, s)| attention_cuda(o, c, s, scale))
+            .collect(),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn attention_cuda(o: usize, c: &Attn<'_>, s: &cpu::AttnShape, scale: f32) -> Result<Tensor> {
+    let (m, n_heads, kv_heads, hd) = (s.m, s.n_heads, s.kv_heads, s.hd);
+    let ks = c
+        .keys
+        .iter()
+        .map(|k| k.cuda_buf().and_then(|b| b.f32("attention")))
+        .collect::<Result<Vec<_>>>()?;
+    let vs = c
+        .values
+        .iter()
+        .map(|v| v.cuda_buf().and_then(|b| b.f32("attention")))
+        .collect::<Result<Vec<_>>>()?;
+    let lens: Vec<usize> = c.keys.iter().map(|k| k.shape()[0]).collect();
+    let out = cuda::backend(o)?.attention(
+        c.q.cuda_buf()?.f32("attention")?,
+        &ks,
+        &vs,
+        &lens,
+        (m, n_heads, kv_heads, hd),
+        c.q_pos0,
+        scale,
+    )?;
+    Ok(Tensor::from_cuda(o, Buf::F32(out), c.q.shape()))
 }

@@ -491,6 +491,27 @@ impl Tensor {
         Ok(Tensor { shape, storage })
     }
 
+    /// Appends `other`'s rows after this tensor's (same trailing
+    /// dimensions, same device). On the CPU the rows are copied onto the
+    /// end of this tensor's own buffer, which grows like a `Vec`, so a
+    /// tensor grown a row at a time (a decode step's KV) costs amortized
+    /// O(1) a row; elsewhere this is [`Tensor::cat_rows`] of the two.
+    pub fn append_rows(&mut self, other: &Tensor) -> Result<()> {
+        if self.shape.is_empty() || other.shape.get(1..) != self.shape.get(1..) {
+            return Err(shape_err(
+                "append_rows",
+                format!("{:?} onto {:?}", other.shape, self.shape),
+            ));
+        }
+        if let (Storage::Cpu(v), Storage::Cpu(o)) = (&mut self.storage, &other.storage) {
+            v.extend_from_slice(o);
+            self.shape[0] += other.shape[0];
+            return Ok(());
+        }
+        *self = Tensor::cat_rows(&[self, other])?;
+        Ok(())
+    }
+
     /// Stacks tensors along the first dimension (their other dimensions
     /// must match, all on one device): the inverse of [`Tensor::rows`].
     pub fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {

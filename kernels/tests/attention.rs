@@ -5,7 +5,10 @@
 
 mod common;
 
-use cake_kernels::{Tensor, ops::attention};
+use cake_kernels::{
+    Tensor,
+    ops::{Attn, attention, attention_many},
+};
 use common::{Rng, assert_close, bits, t};
 use proptest::prelude::*;
 
@@ -151,6 +154,53 @@ fn prefill_in_two_calls_equals_one_call_bitwise() {
             );
         }
     }
+}
+
+#[test]
+fn many_sequences_in_one_call_give_each_its_own_bits() {
+    // A decode batch: sequences of different lengths and chunkings, one
+    // query row each (and one prefill block among them).
+    let cases = [
+        (Case::new(1, 4, 2, 64, 300, 30), vec![256, 299]),
+        (Case::new(1, 4, 2, 64, 17, 31), vec![]),
+        (Case::new(5, 4, 2, 64, 64, 32), vec![64]),
+        (Case::new(1, 4, 2, 64, 1000, 33), vec![512, 999]),
+    ];
+    let alone: Vec<Vec<f32>> = cases.iter().map(|(c, cuts)| c.run(0, c.m, cuts)).collect();
+    let chunks: Vec<(Vec<Tensor>, Vec<Tensor>)> =
+        cases.iter().map(|(c, cuts)| c.chunks(cuts)).collect();
+    let refs: Vec<(Vec<&Tensor>, Vec<&Tensor>)> = chunks
+        .iter()
+        .map(|(k, v)| (k.iter().collect(), v.iter().collect()))
+        .collect();
+    let qs: Vec<Tensor> = cases
+        .iter()
+        .map(|(c, _)| t(c.q.clone(), &[c.m, c.heads, c.hd]))
+        .collect();
+    let calls: Vec<Attn<'_>> = cases
+        .iter()
+        .zip(&qs)
+        .zip(&refs)
+        .map(|(((c, _), q), (k, v))| Attn {
+            q,
+            q_pos0: c.q_pos0,
+            keys: k,
+            values: v,
+        })
+        .collect();
+    let scale = cases[0].0.scale();
+    let got = attention_many(&calls, scale).unwrap();
+    assert_eq!(got.len(), cases.len());
+    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+        assert_eq!(bits(&g.to_vec().unwrap()), bits(a), "sequence {i}");
+    }
+    // A bad sequence fails the call.
+    let short = Attn {
+        q_pos0: 5000,
+        ..calls[1]
+    };
+    assert!(attention_many(&[calls[0], short], scale).is_err());
+    assert!(attention_many(&[], scale).unwrap().is_empty());
 }
 
 #[test]

@@ -427,7 +427,9 @@ impl Model {
                 split_rows(v, &lens)?,
             );
             tm.lap(Part::Dense);
-            let mut outs = Vec::with_capacity(items.len());
+            // RoPE per item (its own positions), then every item's
+            // attention in one call: one parallel region for the batch.
+            let mut qs_roped = Vec::with_capacity(items.len());
             for (j, ((it, q), (k, v))) in
                 items.iter().zip(qs).zip(ks.into_iter().zip(vs)).enumerate()
             {
@@ -442,18 +444,40 @@ impl Model {
                 }
                 ops::rope_inplace(&mut q, pos0, &self.rope)?;
                 ops::rope_inplace(&mut k, pos0, &self.rope)?;
-                tm.lap(Part::Other);
-                let attn = {
-                    let (mut kv_k, mut kv_v) = it.cache.layer_views(l);
-                    kv_k.push(&k);
-                    kv_v.push(&v);
-                    ops::attention(&q, pos0, &kv_k, &kv_v, scale)?
-                };
-                tm.lap(Part::Attention);
-                outs.push(attn.reshape(&[n, nh * hd])?);
+                qs_roped.push(q);
                 new_k[j].push(k);
                 new_v[j].push(v);
             }
+            tm.lap(Part::Other);
+            let views: Vec<(Vec<&Tensor>, Vec<&Tensor>)> = items
+                .iter()
+                .enumerate()
+                .map(|(j, it)| {
+                    let (mut kv_k, mut kv_v) = it.cache.layer_views(l);
+                    kv_k.push(&new_k[j][l]);
+                    kv_v.push(&new_v[j][l]);
+                    (kv_k, kv_v)
+                })
+                .collect();
+            let calls: Vec<ops::Attn<'_>> = items
+                .iter()
+                .zip(&qs_roped)
+                .zip(&views)
+                .map(|((it, q), (keys, values))| ops::Attn {
+                    q,
+                    q_pos0: it.cache.len(),
+                    keys,
+                    values,
+                })
+                .collect();
+            let outs = ops::attention_many(&calls, scale)?
+                .into_iter()
+                .zip(&lens)
+                .map(|(a, &n)| a.reshape(&[n, nh * hd]))
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(calls);
+            drop(views);
+            tm.lap(Part::Attention);
             let attn = stack_rows(outs)?;
             let o = ops::matmul_t(&attn, &layer.wo)?;
             tm.lap(Part::Dense);
@@ -477,7 +501,7 @@ impl Model {
                 tokens: it.tokens.len(),
                 k,
                 v,
-            });
+            })?;
         }
         let out = ops::rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         tm.lap(Part::Other);

@@ -20,8 +20,6 @@
 //! exactly (for finite values). So prefill split into any calls, and over
 //! any chunking of the cache, gives the same bits.
 
-use rayon::prelude::*;
-
 use super::exp::exp;
 use super::gemm::{MR, Micro, NR};
 use super::isa::{Isa, detect};
@@ -40,15 +38,21 @@ pub(crate) struct AttnShape {
     pub q_pos0: usize,
 }
 
-pub(crate) fn attention(
-    q: &[f32],
-    s: AttnShape,
-    keys: &[&[f32]],
-    values: &[&[f32]],
-    scale: f32,
-    out: &mut [f32],
-) {
-    attention_with(detect(), q, s, keys, values, scale, out);
+/// One sequence's attention in [`attention_many`]: its queries, shape and
+/// KV cache chunks.
+pub(crate) struct AttnCall<'a> {
+    pub q: &'a [f32],
+    pub s: AttnShape,
+    pub keys: &'a [&'a [f32]],
+    pub values: &'a [&'a [f32]],
+}
+
+/// [`attention`] of several sequences (a decode batch: one query row each,
+/// each over its own cache) as one parallel region over all their tasks,
+/// so the threads share the whole batch's work instead of each sequence's
+/// few kv heads. Each sequence's bits are those of a call of its own.
+pub(crate) fn attention_many(calls: &[AttnCall<'_>], scale: f32, outs: &mut [&mut [f32]]) {
+    attention_many_with(detect(), calls, scale, outs);
 }
 
 /// The KV cache as chunks of `[t_i, kv_heads, hd]` rows, addressed by
@@ -95,6 +99,8 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above; the pointer itself is only copied.
 unsafe impl Sync for OutPtr {}
 
+/// One call of [`attention_many_with`] (the tests compare instruction sets).
+#[cfg(test)]
 pub(crate) fn attention_with(
     isa: Isa,
     q: &[f32],
@@ -104,52 +110,86 @@ pub(crate) fn attention_with(
     scale: f32,
     out: &mut [f32],
 ) {
-    let AttnShape {
-        m,
-        n_heads,
-        kv_heads,
-        hd,
-        ..
-    } = s;
-    assert!(q.len() == m * n_heads * hd && out.len() == q.len());
-    if out.is_empty() {
-        return;
-    }
-    let row = kv_heads * hd;
-    let mut starts = Vec::with_capacity(keys.len() + 1);
-    let mut total = 0;
-    for k in keys {
-        starts.push(total);
-        total += k.len() / row;
-    }
-    starts.push(total);
-    assert!(total >= s.q_pos0 + m);
-    let kv = Kv {
-        keys,
-        values,
-        starts,
-        row,
-    };
-    // Enough tasks to balance the causal triangle over the threads.
+    let call = AttnCall { q, s, keys, values };
+    attention_many_with(isa, &[call], scale, &mut [out]);
+}
+
+/// One sequence's part of a parallel region: its cache, its tasks'
+/// query-row block size, and where its output goes.
+struct Seq<'a> {
+    call: &'a AttnCall<'a>,
+    kv: Kv<'a>,
+    qb: usize,
+    out: OutPtr,
+}
+
+pub(crate) fn attention_many_with(
+    isa: Isa,
+    calls: &[AttnCall<'_>],
+    scale: f32,
+    outs: &mut [&mut [f32]],
+) {
+    assert_eq!(calls.len(), outs.len());
     let threads = rayon::current_num_threads().max(1);
-    let per_head = (2 * threads).div_ceil(kv_heads);
-    let qb = m.div_ceil(per_head).clamp(1, QB);
-    let blocks = m.div_ceil(qb);
-    let optr = OutPtr(out.as_mut_ptr());
-    let task = |t: usize| {
-        let (g, b) = (t % kv_heads, t / kv_heads);
-        let rows = b * qb..((b + 1) * qb).min(m);
-        let mut task = Task::new(isa, q, s, g, rows, scale);
-        task.run(&kv);
-        // SAFETY: the task's vectors lie inside `out` (checked above) and
-        // belong to no other task.
-        unsafe { task.finish(optr) };
+    let mut seqs = Vec::with_capacity(calls.len());
+    // (sequence, task within it), and the work of all of them.
+    let mut tasks: Vec<(usize, usize)> = Vec::new();
+    let mut work = 0usize;
+    for (call, out) in calls.iter().zip(outs.iter_mut()) {
+        let AttnShape {
+            m,
+            n_heads,
+            kv_heads,
+            hd,
+            q_pos0,
+        } = call.s;
+        assert!(call.q.len() == m * n_heads * hd && out.len() == call.q.len());
+        if out.is_empty() {
+            continue;
+        }
+        let row = kv_heads * hd;
+        let mut starts = Vec::with_capacity(call.keys.len() + 1);
+        let mut total = 0;
+        for k in call.keys {
+            starts.push(total);
+            total += k.len() / row;
+        }
+        starts.push(total);
+        assert!(total >= q_pos0 + m);
+        // Enough tasks to balance the causal triangle over the threads.
+        let per_head = (2 * threads).div_ceil(kv_heads);
+        let qb = m.div_ceil(per_head).clamp(1, QB);
+        let n = m.div_ceil(qb) * kv_heads;
+        tasks.extend((0..n).map(|t| (seqs.len(), t)));
+        work += m * n_heads * (q_pos0 + m) * hd;
+        seqs.push(Seq {
+            call,
+            kv: Kv {
+                keys: call.keys,
+                values: call.values,
+                starts,
+                row,
+            },
+            qb,
+            out: OutPtr(out.as_mut_ptr()),
+        });
+    }
+    let task = |i: usize| {
+        let (j, t) = tasks[i];
+        let sq = &seqs[j];
+        let s = sq.call.s;
+        let (g, b) = (t % s.kv_heads, t / s.kv_heads);
+        let rows = b * sq.qb..((b + 1) * sq.qb).min(s.m);
+        let mut task = Task::new(isa, sq.call.q, s, g, rows, scale);
+        task.run(&sq.kv);
+        // SAFETY: the task's vectors lie inside its sequence's output
+        // (checked above) and belong to no other task.
+        unsafe { task.finish(sq.out) };
     };
-    let tasks = blocks * kv_heads;
-    if tasks == 1 || m * n_heads * (s.q_pos0 + m) * hd < 1 << 16 {
-        (0..tasks).for_each(task);
+    if tasks.len() == 1 || work < 1 << 16 {
+        (0..tasks.len()).for_each(task);
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        super::team::for_each(tasks.len(), task);
     }
 }
 

@@ -49,8 +49,6 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::isa::{Isa, detect};
 use super::packed::{LANES, PackedHalf, widen};
 
@@ -172,7 +170,7 @@ pub(crate) fn gemm(
     if tasks == 1 {
         task(0);
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        super::team::for_each(tasks, task);
     }
 }
 

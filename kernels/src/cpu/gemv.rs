@@ -14,8 +14,6 @@
 //! thread count or on the instruction set, and equals the f32 GEMM's on
 //! f32 weights holding the same values.
 
-use rayon::prelude::*;
-
 use super::gemm::{MR, Weights, gemm};
 use super::isa::{Isa, detect};
 use super::packed::{LANES, PackedHalf, widen};
@@ -141,7 +139,7 @@ pub(crate) fn matmul_t_half_many_with(
     if tasks.len() == 1 {
         task(&tasks[0]);
     } else {
-        tasks.par_iter().for_each(task);
+        super::team::for_each(tasks.len(), |i| task(&tasks[i]));
     }
 }
 

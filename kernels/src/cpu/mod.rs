@@ -1,4 +1,5 @@
-//! CPU backend: multi-threaded through rayon. Hot loops (GEMM, attention)
+//! CPU backend: rayon's thread count; the GEMM, matrix-vector and attention
+//! regions run on a spinning team (`team.rs`). Hot loops (GEMM, attention)
 //! have AVX-512 kernels with portable twins that give identical bits; see
 //! `isa.rs`.
 
@@ -14,8 +15,9 @@ mod gemv;
 mod gemv_avx512;
 pub(crate) mod isa;
 mod packed;
+mod team;
 
-pub(crate) use attention::{AttnShape, attention};
+pub(crate) use attention::{AttnCall, AttnShape, attention_many};
 pub(crate) use gemm::matmul_t;
 pub(crate) use gemv::{matmul_t_half, matmul_t_half_many};
 pub(crate) use packed::PackedHalf;
