@@ -266,6 +266,12 @@ impl Gateway {
         &self.pool
     }
 
+    /// Requests being sent to the pool's worker `i` now (what `/health`
+    /// shows as its `in_flight`).
+    pub fn in_flight(&self, i: usize) -> u64 {
+        self.admission.in_flight(i)
+    }
+
     /// Stops accepting; requests in flight finish.
     pub async fn shutdown(self) {
         for t in &self.tasks {

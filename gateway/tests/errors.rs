@@ -213,10 +213,7 @@ async fn client_gone_mid_stream_cancels_the_work() {
     drop(s);
     eventually("the worker sees the cancellation", || m.cancelled() == 1).await;
     assert_eq!(m.finished(), 0);
-    eventually("in-flight ledger back to 0", || {
-        gw.pool().slots()[0].in_flight() == 0
-    })
-    .await;
+    eventually("in-flight ledger back to 0", || gw.in_flight(0) == 0).await;
     // The server survives and serves the next request.
     let r = post(
         gw.local_addr(),

@@ -248,7 +248,7 @@ async fn an_openai_server_as_a_worker() {
         .collect();
     assert_eq!(content, "ab");
     // Its load is the gateway's own ledger: nothing in flight now.
-    assert_eq!(gw.pool().slots()[0].in_flight(), 0);
+    assert_eq!(gw.in_flight(0), 0);
 }
 
 /// Over `cake worker`'s HTTP, errors keep their kind: a fault inside the

@@ -1,27 +1,31 @@
-//! Placement state: the [`cake_policy::Placer`] (round-robin cursor,
-//! affinity table), the in-flight [`cake_policy::Ledger`] of work sent and
-//! not yet in a load report, and each worker's reserved dispatch slots.
+//! Placement: the [`cake_policy::Placer`] (round-robin cursor, affinity
+//! table), the in-flight [`cake_policy::Ledger`] of work sent and not yet
+//! in a load report, what each worker holds in its own tiers, and each
+//! worker's reserved dispatch slots. [`Placement`] owns all of it; a
+//! [`Reservation`] points back at it alone.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cake_engine::worker::LoadReport;
 use cake_policy::{
-    Ledger, Placement, PlacementPolicy, Placer, Prediction, PrefixKey, RateDefaults, RequestShape,
-    WorkerLoad, WorkerView, predict, prefill_rate,
+    Ledger, Placement as Placed, PlacementPolicy, Placer, Prediction, PrefixKey, RateDefaults,
+    RequestShape, WorkerLoad, WorkerView, predict, prefill_rate,
 };
 
 use super::holdings::Holdings;
-use super::prefixes::{ChunkId, PrefixChunks, PrefixGuard};
-use super::{Admission, sha256};
-use crate::worker::WorkerSlot;
+use super::prefixes::{ChunkId, InFlightPrefixes, PrefixChunks, PrefixGuard};
+use super::sha256;
+use crate::config::PolicyConfig;
+use crate::worker::{WorkerPool, WorkerSlot};
 
 /// Prefixes the `cache-affinity` policy remembers.
 const AFFINITY_CAPACITY: usize = 16_384;
 /// A ledger entry whose completion got lost stops counting after this.
 const LEDGER_MAX_AGE: Duration = Duration::from_secs(120);
 
-pub(super) struct PlaceState {
+struct PlaceState {
     placer: Placer,
     ledger: Ledger,
     /// The chunks each worker holds in its own tiers, as placed there.
@@ -31,22 +35,51 @@ pub(super) struct PlaceState {
     /// The "as of" instant of each worker's last report seen.
     seen: Vec<Option<Instant>>,
     next_id: u64,
+    /// `policy.max_in_flight_per_worker` (0: no cap).
+    per_worker: u32,
+    /// `policy.shared_store_bandwidth_bytes_per_s` (0: the reports').
+    shared_bw: f64,
 }
 
-impl PlaceState {
-    pub(super) fn new(policy: PlacementPolicy, workers: usize, local_chunks: usize) -> PlaceState {
-        PlaceState {
-            placer: Placer::new(policy, AFFINITY_CAPACITY),
-            ledger: Ledger::new(LEDGER_MAX_AGE),
-            holdings: Holdings::new(workers, local_chunks),
-            reserved: vec![0; workers],
-            seen: vec![None; workers],
-            next_id: 0,
+/// See the module docs.
+pub struct Placement {
+    state: Mutex<PlaceState>,
+    pool: Arc<WorkerPool>,
+    prefixes: Arc<InFlightPrefixes>,
+}
+
+impl Placement {
+    pub fn new(
+        policy: &PolicyConfig,
+        pool: Arc<WorkerPool>,
+        prefixes: Arc<InFlightPrefixes>,
+    ) -> Placement {
+        let workers = pool.slots().len();
+        Placement {
+            state: Mutex::new(PlaceState {
+                placer: Placer::new(policy.placement, AFFINITY_CAPACITY),
+                ledger: Ledger::new(LEDGER_MAX_AGE),
+                holdings: Holdings::new(workers, policy.local_chunks_per_worker),
+                reserved: vec![0; workers],
+                seen: vec![None; workers],
+                next_id: 0,
+                per_worker: policy.max_in_flight_per_worker,
+                shared_bw: policy.shared_store_bandwidth_bytes_per_s,
+            }),
+            pool,
+            prefixes,
         }
     }
 
-    pub(super) fn set_policy(&mut self, policy: PlacementPolicy) {
-        self.placer = Placer::new(policy, AFFINITY_CAPACITY);
+    /// A reloaded policy: a new placer when the policy changed (its
+    /// cursor and affinity table start over), the new caps.
+    pub fn set_policy(&self, policy: &PolicyConfig) {
+        let mut p = self.state.lock();
+        if policy.placement != p.placer.policy() {
+            p.placer = Placer::new(policy.placement, AFFINITY_CAPACITY);
+        }
+        p.per_worker = policy.max_in_flight_per_worker;
+        p.shared_bw = policy.shared_store_bandwidth_bytes_per_s;
     }
 }
 
@@ -66,7 +99,7 @@ fn worker_load(r: &LoadReport) -> WorkerLoad {
 /// A request placed on a worker: its slot there, its ledger entry and its
 /// chunks in the in-flight prefix registry, given back when dropped.
 pub struct Reservation {
-    adm: Arc<Admission>,
+    placement: Arc<Placement>,
     worker: usize,
     id: u64,
     _prefix: Option<PrefixGuard>,
@@ -74,7 +107,7 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut p = self.adm.place.lock();
+        let mut p = self.placement.state.lock();
         if let Some(r) = p.reserved.get_mut(self.worker) {
             *r = r.saturating_sub(1);
         }
@@ -171,7 +204,7 @@ fn on_sibling(
     p
 }
 
-impl Admission {
+impl Placement {
     /// The workers' views: reports plus the ledger; `with_room` leaves out
     /// workers at `policy.max_in_flight_per_worker`. A worker that has not
     /// reported yet is taken to use `chunk` tokens a chunk (the size the
@@ -186,9 +219,8 @@ impl Admission {
         chunk: u64,
         ids: &[ChunkId],
     ) -> Vec<WorkerView> {
-        let policy = &self.live.load().policy;
-        let cap = policy.max_in_flight_per_worker;
-        let shared_bw = policy.shared_store_bandwidth_bytes_per_s;
+        let cap = p.per_worker;
+        let shared_bw = p.shared_bw;
         let slots = self.pool.slots();
         for (i, s) in slots.iter().enumerate() {
             let as_of = s.load_as_of();
@@ -234,7 +266,7 @@ impl Admission {
             .first()
             .map_or(0, |s| s.last_load().chunk_tokens as usize);
         let prefix = req.prefix(if chunk == 0 { 256 } else { chunk });
-        let mut p = self.place.lock();
+        let mut p = self.state.lock();
         // Under the placement lock: a burst's requests are placed one
         // after the other, each seeing where the ones before it went.
         let in_flight = req.chunks.and_then(|c| self.prefixes.best(c));
@@ -246,7 +278,7 @@ impl Admission {
             views = self.views(&mut p, now, false, req.chunk_tokens(), ids);
         }
         let shape = req.shape();
-        let Placement {
+        let Placed {
             mut worker,
             mut prediction,
         } = p.placer.place(&views, &shape, Some(&prefix))?;
@@ -303,7 +335,7 @@ impl Admission {
                 .map(|(_, s)| s.clone()),
         );
         let r = Reservation {
-            adm: self.clone(),
+            placement: self.clone(),
             worker,
             id,
             _prefix: prefix,
@@ -315,7 +347,7 @@ impl Admission {
     /// (for shedding), and the fleet's prefill rate in tokens per second.
     pub fn estimate(&self, req: &PlaceRequest<'_>) -> Option<(Prediction, f64)> {
         let now = Instant::now();
-        let mut p = self.place.lock();
+        let mut p = self.state.lock();
         let views = self.views(&mut p, now, false, req.chunk_tokens(), req.ids());
         drop(p);
         let rate = prefill_rate(
@@ -332,8 +364,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::admission::chunk_ids;
-    use crate::config::PolicyConfig;
-    use crate::worker::{MockOptions, MockWorker, WorkerPool};
+    use crate::worker::{MockOptions, MockWorker};
 
     const CHUNK: usize = 16;
     const PREFIX: usize = 6 * CHUNK;
@@ -351,8 +382,8 @@ mod tests {
     }
 
     /// Two mock workers reporting `loads` (`None`: no report yet), and the
-    /// admission over them.
-    async fn fleet(loads: Option<[LoadReport; 2]>) -> (Arc<Admission>, Vec<MockWorker>) {
+    /// placement over them.
+    async fn fleet(loads: Option<[LoadReport; 2]>) -> (Arc<Placement>, Vec<MockWorker>) {
         let mocks: Vec<MockWorker> = (0..2)
             .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
             .collect();
@@ -373,8 +404,8 @@ mod tests {
             }
             pool.check_all().await;
         }
-        let adm = Arc::new(Admission::new(&PolicyConfig::default(), &[], pool));
-        (adm, mocks)
+        let placement = Placement::new(&PolicyConfig::default(), pool, Arc::default());
+        (Arc::new(placement), mocks)
     }
 
     fn burst_prompt(i: u32) -> Vec<u32> {
@@ -393,7 +424,7 @@ mod tests {
         }
     }
 
-    fn place(adm: &Arc<Admission>, prompt: &[u32]) -> (usize, Reservation) {
+    fn place(adm: &Arc<Placement>, prompt: &[u32]) -> (usize, Reservation) {
         let c = chunks(prompt);
         let req = PlaceRequest {
             prompt,
@@ -450,7 +481,10 @@ mod tests {
             drop(r);
         }
         let (adm, _mocks) = fleet(Some([report(0, true), report(0, true)])).await;
-        adm.place.lock().set_policy(PlacementPolicy::RoundRobin);
+        adm.set_policy(&PolicyConfig {
+            placement: PlacementPolicy::RoundRobin,
+            ..PolicyConfig::default()
+        });
         let (a, r0) = place(&adm, &burst_prompt(0));
         drop(r0);
         let (b, _r1) = place(&adm, &burst_prompt(1));

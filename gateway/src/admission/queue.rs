@@ -3,17 +3,19 @@
 //! free and no one is waiting; otherwise it waits, served by priority then
 //! weight, until a slot frees or its deadline passes. Slots: at most
 //! `policy.max_concurrent` in all, and `policy.max_in_flight_per_worker`
-//! per healthy worker.
+//! per healthy worker. [`DispatchSlots`] owns the queue, the slot count
+//! and the meter; a [`SlotGuard`] points back at it alone.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cake_policy::{FairQueue, QueueFull, Share, SlotMeter};
 use tokio::sync::oneshot;
 
-use super::Admission;
 use crate::config::PolicyConfig;
 use crate::telemetry as tm;
+use crate::worker::WorkerPool;
 
 /// Slot holds the queue's drain rate is measured over.
 const METER_WINDOW: usize = 32;
@@ -27,32 +29,65 @@ struct Waiter {
     predicted: Duration,
 }
 
-pub(super) struct Sched {
+struct Sched {
     queue: FairQueue<Waiter, String>,
     running: usize,
     meter: SlotMeter,
+    limits: SlotLimits,
 }
 
-impl Sched {
-    pub(super) fn new(p: &PolicyConfig) -> Sched {
-        Sched {
-            queue: FairQueue::new(p.fair_quantum_tokens, p.queue_per_tenant, p.queue_total),
-            running: 0,
-            meter: SlotMeter::new(METER_WINDOW),
+/// The policy's slot counts (replaced on reload).
+#[derive(Debug, Clone, Copy)]
+struct SlotLimits {
+    max_concurrent: u32,
+    per_worker: u32,
+    priority_headroom: u32,
+}
+
+impl SlotLimits {
+    fn of(p: &PolicyConfig) -> SlotLimits {
+        SlotLimits {
+            max_concurrent: p.max_concurrent,
+            per_worker: p.max_in_flight_per_worker,
+            priority_headroom: p.priority_headroom,
+        }
+    }
+}
+
+/// See the module docs.
+pub struct DispatchSlots {
+    sched: Mutex<Sched>,
+    pool: Arc<WorkerPool>,
+}
+
+impl DispatchSlots {
+    pub fn new(p: &PolicyConfig, pool: Arc<WorkerPool>) -> DispatchSlots {
+        DispatchSlots {
+            sched: Mutex::new(Sched {
+                queue: FairQueue::new(p.fair_quantum_tokens, p.queue_per_tenant, p.queue_total),
+                running: 0,
+                meter: SlotMeter::new(METER_WINDOW),
+                limits: SlotLimits::of(p),
+            }),
+            pool,
         }
     }
 
-    /// A reloaded policy's queue bounds and quantum.
-    pub(super) fn set_limits(&mut self, p: &PolicyConfig) {
-        self.queue
+    /// A reloaded policy's slot counts, queue bounds and quantum.
+    pub fn set_limits(self: &Arc<Self>, p: &PolicyConfig) {
+        let mut s = self.sched.lock();
+        s.queue
             .set_limits(p.fair_quantum_tokens, p.queue_per_tenant, p.queue_total);
+        s.limits = SlotLimits::of(p);
+        // More slots may be free now.
+        self.pump_locked(&mut s);
     }
 }
 
 /// One dispatch slot, given back (and the next waiter served) when
 /// dropped; how long it was held goes into the queue's [`SlotMeter`].
 pub struct SlotGuard {
-    adm: Arc<Admission>,
+    slots: Arc<DispatchSlots>,
     armed: bool,
     since: Instant,
     cost: u64,
@@ -60,11 +95,11 @@ pub struct SlotGuard {
 
 impl SlotGuard {
     /// A slot granted now, counted open in the meter (under the sched lock).
-    fn new(adm: &Arc<Admission>, s: &mut Sched, cost: u64) -> SlotGuard {
+    fn new(slots: &Arc<DispatchSlots>, s: &mut Sched, cost: u64) -> SlotGuard {
         let since = Instant::now();
         s.meter.opened(cost, since);
         SlotGuard {
-            adm: adm.clone(),
+            slots: slots.clone(),
             armed: true,
             since,
             cost,
@@ -83,14 +118,14 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         if self.armed {
-            let mut s = self.adm.sched.lock();
-            let cap = self.adm.capacity();
+            let mut s = self.slots.sched.lock();
+            let cap = self.slots.capacity(&s);
             let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
             s.meter.closed(self.cost, self.since);
             s.meter
                 .record(self.cost, self.since.elapsed(), Instant::now(), saturated);
-            self.adm.pump_locked(&mut s);
+            self.slots.pump_locked(&mut s);
         }
     }
 }
@@ -126,28 +161,27 @@ impl Wait {
     }
 }
 
-impl Admission {
+impl DispatchSlots {
     /// Dispatch slots now: the gateway's cap and the healthy workers' caps.
-    fn capacity(&self) -> usize {
-        let p = &self.live.load().policy;
-        let per_worker = match p.max_in_flight_per_worker {
+    fn capacity(&self, s: &Sched) -> usize {
+        let l = s.limits;
+        let per_worker = match l.per_worker {
             0 => usize::MAX,
             n => (n as usize).saturating_mul(self.pool.healthy().max(1)),
         };
-        match p.max_concurrent {
+        match l.max_concurrent {
             0 => per_worker,
             n => per_worker.min(n as usize),
         }
     }
 
-    /// Slots beyond [`Admission::capacity`] that requests of priority above
-    /// 0 may take.
-    fn headroom(&self) -> usize {
-        let p = &self.live.load().policy;
-        if p.max_in_flight_per_worker == 0 {
+    /// Slots beyond [`DispatchSlots::capacity`] that requests of priority
+    /// above 0 may take.
+    fn headroom(&self, s: &Sched) -> usize {
+        if s.limits.per_worker == 0 {
             return 0;
         }
-        (p.priority_headroom as usize).saturating_mul(self.pool.healthy().max(1))
+        (s.limits.priority_headroom as usize).saturating_mul(self.pool.healthy().max(1))
     }
 
     /// The gateway part of a new request's predicted [`Wait`] (its
@@ -157,8 +191,8 @@ impl Admission {
     /// tokens per second (the fleet's prefill rate) before any slot was
     /// given back.
     pub fn queue_wait(&self, tenant: &str, share: Share, cost: u64, fallback_rate: f64) -> Wait {
-        let cap = self.capacity();
         let s = self.sched.lock();
+        let cap = self.capacity(&s);
         if cap == usize::MAX || (s.running < cap && s.queue.is_empty()) {
             return Wait::default();
         }
@@ -205,7 +239,7 @@ impl Admission {
             .saturating_sub(cost.max(1));
         if share.priority > 0
             && ahead == 0
-            && s.running < self.capacity().saturating_add(self.headroom())
+            && s.running < self.capacity(&s).saturating_add(self.headroom(&s))
         {
             s.running += 1;
             let g = SlotGuard::new(self, &mut s, cost);
@@ -250,7 +284,7 @@ impl Admission {
         for (_, w) in s.queue.remove_expired(now) {
             s.meter.waited(w.predicted, now - w.queued);
         }
-        let cap = self.capacity();
+        let cap = self.capacity(s);
         while s.running < cap {
             let Some((_, w)) = s.queue.pop(now) else {
                 break;

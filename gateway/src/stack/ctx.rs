@@ -10,9 +10,7 @@ use std::time::Instant;
 use cake_engine::Tokenizer;
 use cake_engine::worker::RequestClass;
 
-use crate::admission::{
-    Admission, PrefixChunks, Reservation, SlotGuard, TenantEntry, TenantPermit,
-};
+use crate::admission::{Admission, Admitted, PrefixChunks, TenantEntry};
 use crate::api::{ChatMessage, ChatTemplate, GenParams};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
@@ -126,16 +124,6 @@ impl Tenant {
     }
 }
 
-/// What an admitted request holds until its response ends (the last
-/// byte, an error, or the client leaving): fields drop in order, so the
-/// worker's slot is free before the next waiter is served.
-#[derive(Default)]
-pub struct Held {
-    pub reservation: Option<Reservation>,
-    pub slot: Option<SlotGuard>,
-    pub permit: Option<TenantPermit>,
-}
-
 /// What the top of the stack learns from the layers below, for its span,
 /// log line and metrics.
 #[derive(Debug, Default)]
@@ -188,8 +176,9 @@ pub struct GenCtx {
     pub chunks: Option<PrefixChunks>,
     /// Set by `place`: healthy workers in the order to try them.
     pub candidates: Vec<Arc<WorkerSlot>>,
-    /// Set by `admit` and `place`; dropped with the request.
-    pub held: Held,
+    /// Set by `admit` (grown by `place` and `dispatch`): what the request
+    /// holds until its response ends, dropped with it.
+    pub admitted: Option<Admitted>,
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ fn failed(pool: &WorkerPool, slot: &WorkerSlot, e: &WorkerError) {
     tracing::info!(worker = slot.name(), error = %e, "worker failed; trying the next one");
 }
 
-async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, GatewayError> {
+async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body>, GatewayError> {
     let req = WorkRequest {
         id: ctx.rid.id.clone(),
         prompt: ctx.prompt.clone(),
@@ -138,7 +138,9 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
             .meta
             .update(|m| m.worker = Some(slot.name().to_string()));
         tracing::Span::current().record("worker", slot.name());
-        let in_flight = pool.begin(slot, ctx.prompt.len());
+        if let Some(a) = ctx.admitted.as_mut() {
+            a.attempt(slot);
+        }
         let (first, events) = match start(slot, req.clone()).await {
             Ok(x) => x,
             Err(e) if e.retryable() => {
@@ -153,14 +155,7 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
         tm::worker_accepted(slot.name(), ctx.class.as_str());
         let mut render = renderer(&state, &ctx);
         if ctx.params.stream {
-            return Ok(stream_response(
-                ctx,
-                slot.clone(),
-                in_flight,
-                render,
-                first,
-                events,
-            ));
+            return Ok(stream_response(ctx, slot.clone(), render, first, events));
         }
         let total = match state.server.request_timeout_ms {
             0 => Duration::MAX,
@@ -185,7 +180,9 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
             }
             Err(e) => return Err(gateway_error(slot.name(), e)),
         };
-        drop(in_flight);
+        if let Some(a) = ctx.admitted.as_mut() {
+            a.worker_done();
+        }
         let (usage, ttft_ms) = final_usage(&ctx, slot, c.usage, c.first_token);
         record_finished(&ctx, &usage, c.first_token);
         let body = render.full(
@@ -205,7 +202,7 @@ async fn dispatch(state: Arc<AppState>, ctx: GenCtx) -> Result<Response<Body>, G
             retry_after: state.admission.next_slot(),
         });
     }
-    Err(super::admit::no_healthy_worker(&state).with_detail(detail))
+    Err(state.admission.no_healthy_worker().with_detail(detail))
 }
 
 impl Service<GenCtx> for Dispatch {

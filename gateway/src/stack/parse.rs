@@ -126,7 +126,7 @@ where
                 stored_tokens: 0,
                 chunks: None,
                 candidates: Vec::new(),
-                held: Default::default(),
+                admitted: None,
             };
             inner.call(ctx).await
         })

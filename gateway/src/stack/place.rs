@@ -62,13 +62,17 @@ where
             cache_group: &ctx.tenant.cache_group,
             chunks: ctx.chunks.as_ref(),
         };
-        let Some((order, reservation, _)) = self.state.admission.place(&req) else {
-            return Box::pin(futures::future::ready(Err(
-                super::admit::no_healthy_worker(&self.state),
-            )));
+        let Some(admitted) = ctx.admitted.as_mut() else {
+            return Box::pin(futures::future::ready(Err(GatewayError::Internal(
+                "placement before admission".into(),
+            ))));
         };
-        ctx.candidates = order;
-        ctx.held.reservation = Some(reservation);
-        Box::pin(self.inner.call(ctx))
+        match self.state.admission.place(admitted, &req) {
+            Ok(order) => {
+                ctx.candidates = order;
+                Box::pin(self.inner.call(ctx))
+            }
+            Err(e) => Box::pin(futures::future::ready(Err(e))),
+        }
     }
 }

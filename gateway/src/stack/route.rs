@@ -38,9 +38,10 @@ fn health(state: &AppState) -> Response<Body> {
         .pool
         .slots()
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             json!({"name": s.name(), "kind": s.worker.kind().as_str(), "up": s.is_up(),
-                   "in_flight": s.in_flight()})
+                   "in_flight": state.admission.in_flight(i)})
         })
         .collect();
     let up = state.pool.healthy();

@@ -19,7 +19,7 @@ use super::finish::{final_usage, gateway_error, record_finished};
 use crate::api::{Renderer, usage_json};
 use crate::http::{Body, error_body, stream_body};
 use crate::telemetry as tm;
-use crate::worker::{EventStream, InFlight, WorkerSlot, event_result, next_event};
+use crate::worker::{EventStream, WorkerSlot, event_result, next_event};
 
 fn sse(v: &Value) -> Bytes {
     let mut out = b"data: ".to_vec();
@@ -116,7 +116,6 @@ async fn forward(
 pub(crate) fn stream_response(
     ctx: GenCtx,
     slot: Arc<WorkerSlot>,
-    in_flight: InFlight,
     render: Renderer,
     first: WorkEvent,
     events: EventStream,
@@ -129,7 +128,7 @@ pub(crate) fn stream_response(
             tm::cancelled(ctx.class.as_str());
             tracing::info!("client went away; request cancelled");
         }
-        drop(in_flight);
+        // `ctx` drops here: its admission hold is given back.
     };
     tokio::spawn(task.instrument(tracing::Span::current()));
     let body = stream_body(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));

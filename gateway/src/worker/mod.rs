@@ -27,7 +27,7 @@ pub use embedded::EmbeddedWorker;
 pub use events::{event_result, next_event};
 pub use mock::{MockOptions, MockWorker};
 pub use openai::OpenAiWorker;
-pub use pool::{InFlight, WorkerPool, WorkerSlot};
+pub use pool::{WorkerPool, WorkerSlot};
 pub use remote::CakeWorker;
 pub use server::{WorkerServer, serve_worker};
 

@@ -1,7 +1,7 @@
 //! The gateway's workers: health (down after N failures, back when a check
-//! answers), their last load reports, and the in-flight ledger (what the
-//! gateway sent each worker and has not seen finish), so placement never
-//! waits for a worker's report.
+//! answers) and their last load reports. What the gateway has sent each
+//! worker and not seen finish is admission's (`crate::admission`: the
+//! ledger in placement, the in-flight counts).
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -23,8 +23,6 @@ pub struct WorkerSlot {
     pub idle_timeout: Duration,
     up: AtomicBool,
     failures: AtomicU32,
-    in_flight: AtomicU64,
-    in_flight_tokens: AtomicU64,
     load: ArcSwap<LoadReport>,
     /// When the last report was asked for: it counts everything sent
     /// before then.
@@ -39,8 +37,6 @@ impl WorkerSlot {
             idle_timeout,
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
-            in_flight: AtomicU64::new(0),
-            in_flight_tokens: AtomicU64::new(0),
             load: ArcSwap::from_pointee(LoadReport::default()),
             load_as_of: Mutex::new(None),
         }
@@ -54,10 +50,6 @@ impl WorkerSlot {
         self.up.load(Ordering::SeqCst)
     }
 
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
     pub fn last_load(&self) -> Arc<LoadReport> {
         self.load.load_full()
     }
@@ -68,33 +60,25 @@ impl WorkerSlot {
     }
 }
 
-/// Marks a request in flight on a worker until dropped.
-pub struct InFlight {
-    slot: Arc<WorkerSlot>,
-    tokens: u64,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.slot
-            .in_flight_tokens
-            .fetch_sub(self.tokens, Ordering::SeqCst);
-        tm::worker_in_flight(self.slot.name(), self.slot.in_flight());
-    }
-}
-
 /// See the module docs.
 pub struct WorkerPool {
     slots: Vec<Arc<WorkerSlot>>,
     down_after: u32,
+    /// The health checks' interval in milliseconds (the default until they
+    /// are spawned): when a down worker may be seen back.
+    check_every_ms: AtomicU64,
 }
+
+/// The health checks' interval before [`WorkerPool::spawn_health_checks`]
+/// sets it (the config's default).
+const DEFAULT_CHECK_EVERY_MS: u64 = 2_000;
 
 impl WorkerPool {
     pub fn new(slots: Vec<WorkerSlot>, down_after_failures: u32) -> WorkerPool {
         WorkerPool {
             slots: slots.into_iter().map(Arc::new).collect(),
             down_after: down_after_failures.max(1),
+            check_every_ms: AtomicU64::new(DEFAULT_CHECK_EVERY_MS),
         }
     }
 
@@ -126,16 +110,9 @@ impl WorkerPool {
         }
     }
 
-    /// Puts a request on a worker's ledger.
-    pub fn begin(&self, slot: &Arc<WorkerSlot>, prompt_tokens: usize) -> InFlight {
-        slot.in_flight.fetch_add(1, Ordering::SeqCst);
-        slot.in_flight_tokens
-            .fetch_add(prompt_tokens as u64, Ordering::SeqCst);
-        tm::worker_in_flight(slot.name(), slot.in_flight());
-        InFlight {
-            slot: slot.clone(),
-            tokens: prompt_tokens as u64,
-        }
+    /// How often workers are checked: when a down one may be back.
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_every_ms.load(Ordering::Relaxed))
     }
 
     /// One presence lookup, on the first healthy worker that can answer;
@@ -198,6 +175,8 @@ impl WorkerPool {
         self: &Arc<Self>,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        self.check_every_ms
+            .store(interval.as_millis() as u64, Ordering::Relaxed);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
