@@ -118,7 +118,7 @@ pub fn start_engines(
         .map(|name| {
             let ec = EngineConfig {
                 name: name.clone(),
-                ..cfg.engine.clone()
+                ..cfg.engine_config()
             };
             Ok(Engine::start(
                 model.clone(),

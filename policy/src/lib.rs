@@ -28,9 +28,13 @@
 //!   slot frees.
 //! - `tenant`: a tenant's policy as configured ([`TenantPolicy`]) and its
 //!   validation.
+//! - `invalid`: the one shape of a config value that cannot be used
+//!   ([`Invalid`]: field, value, reason), shared by every crate's config
+//!   validation.
 
 mod cost;
 mod fair;
+mod invalid;
 mod ledger;
 mod limits;
 mod load;
@@ -41,6 +45,7 @@ mod tenant;
 
 pub use cost::{ChunkCost, SplitPlan, best_split, simulate_cake};
 pub use fair::{FairQueue, QueueBound, QueueFull, Share};
+pub use invalid::Invalid;
 pub use ledger::{Ledger, Work};
 pub use limits::{
     CONCURRENCY_RETRY, LimitKind, Limited, Refusal, TenantLimiter, TenantLimits, TokenBucket,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fair::Share;
+use crate::invalid::Invalid;
 use crate::limits::TenantLimits;
 
 /// One tenant's policy.
@@ -78,18 +79,24 @@ impl From<RawTenantPolicy> for TenantPolicy {
     }
 }
 
-/// A field of a [`TenantPolicy`] with a bad value.
+/// A field of a [`TenantPolicy`] with a bad value: the tenant's name and
+/// the [`Invalid`] field (as spelled inside the tenant's table), value and
+/// reason. It reads as that [`Invalid`] (`e.field`, `e.reason`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tenant {tenant:?}: {field} = {value}: {reason}")]
+#[error("tenant {tenant:?}: {error}")]
 pub struct InvalidTenant {
     /// The tenant's name.
     pub tenant: String,
-    /// The field, as spelled in config (`limits.max_concurrent`).
-    pub field: &'static str,
-    /// The value given.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
+    /// The field (`limits.max_concurrent`), its value and the reason.
+    pub error: Invalid,
+}
+
+impl std::ops::Deref for InvalidTenant {
+    type Target = Invalid;
+
+    fn deref(&self) -> &Invalid {
+        &self.error
+    }
 }
 
 impl TenantPolicy {
@@ -117,11 +124,9 @@ impl TenantPolicy {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), InvalidTenant> {
-        let bad = |field, value: &dyn fmt::Debug, reason| InvalidTenant {
+        let bad = |field: &str, value: &dyn fmt::Debug, reason: &str| InvalidTenant {
             tenant: self.name.clone(),
-            field,
-            value: format!("{value:?}"),
-            reason,
+            error: Invalid::new(field, format!("{value:?}"), reason),
         };
         let label_ok = |s: &str| {
             !s.is_empty()

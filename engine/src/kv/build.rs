@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cake_policy::Invalid;
 use thiserror::Error;
 
-use super::config::{ConfigError, KvConfig, ThrottleTarget};
+use super::config::{KvConfig, ThrottleTarget};
 use super::disk::DiskStore;
 use super::memory::MemoryStore;
 use super::redis_store::RedisStore;
@@ -18,7 +19,7 @@ use super::tiered::TieredStore;
 #[derive(Debug, Error)]
 pub enum KvError {
     #[error("config: {0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] Invalid),
     #[error("kv store: {0}")]
     Store(#[from] StoreError),
 }

@@ -1,11 +1,12 @@
 //! The `[kv]` section of `cake.toml`: chunking, codec and the store tiers.
 //! Every field has a default (`config/cake.toml` lists them all); unknown
 //! keys are errors; [`KvConfig::validate`] names the field, the value and
-//! what is wrong.
+//! what is wrong ([`Invalid`], the workspace's one config error shape).
 
 use std::fmt;
 use std::path::PathBuf;
 
+use cake_policy::Invalid;
 use serde::{Deserialize, Serialize};
 
 use super::codec::Codec;
@@ -185,26 +186,13 @@ impl Default for ThrottleConfig {
     }
 }
 
-/// A config value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} = {value}: {reason}")]
-pub struct ConfigError {
-    pub field: String,
-    pub value: String,
-    pub reason: String,
-}
-
-fn bad(field: &str, value: impl fmt::Display, reason: &str) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        value: value.to_string(),
-        reason: reason.to_string(),
-    }
+fn bad(field: &str, value: impl fmt::Display, reason: &str) -> Invalid {
+    Invalid::new(field, value, reason)
 }
 
 impl KvConfig {
     /// Checks every value; the first bad one is named.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let c = self.chunk_tokens;
         if !c.is_power_of_two() || c > 1 << 16 {
             return Err(bad(

@@ -34,9 +34,7 @@ mod tiered;
 
 pub use build::{KvError, build_store};
 pub use codec::Codec;
-pub use config::{
-    ConfigError, DiskConfig, KvConfig, MemoryConfig, RedisConfig, ThrottleConfig, ThrottleTarget,
-};
+pub use config::{DiskConfig, KvConfig, MemoryConfig, RedisConfig, ThrottleConfig, ThrottleTarget};
 pub use disk::{DiskStore, FsSpace, Space};
 pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,

@@ -69,7 +69,8 @@ impl Engine {
         store: Option<Arc<dyn KvStore>>,
         cfg: EngineConfig,
     ) -> Result<Engine, EngineError> {
-        cfg.validate().map_err(EngineError::BadRequest)?;
+        cfg.validate()
+            .map_err(|e| EngineError::BadRequest(e.to_string()))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             EngineError::Internal("Engine::start must run inside a tokio runtime".into())
         })?;

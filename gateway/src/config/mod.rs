@@ -3,7 +3,9 @@
 //! Every field has a default (so an empty file is a working config),
 //! unknown keys are errors naming the key, and [`Config::validate`] names
 //! the field, the value and the reason. `[engine]` and `[kv]` are the
-//! engine's own types ([`EngineConfig`], [`KvConfig`]).
+//! engine's own types ([`EngineConfig`], [`KvConfig`]); the chunk format
+//! (`chunk_tokens`, `codec`) is `[kv]`'s alone ([`Config::engine_config`]
+//! hands it to the engine).
 
 mod diff;
 mod server;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cake_engine::kv::KvConfig;
 use cake_engine::worker::EngineConfig;
+use cake_policy::Invalid;
 use serde::{Deserialize, Serialize};
 
 pub use diff::restart_only_changes;
@@ -29,7 +32,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[model]`: which checkpoint is served and under what name.
     pub model: ModelConfig,
-    /// `[engine]`: how each embedded (or `cake worker`) engine runs.
+    /// `[engine]`: how each embedded (or `cake worker`) engine runs. Its
+    /// `chunk_tokens` and `codec` are not read from the file: an engine is
+    /// started with [`Config::engine_config`], which takes them from `[kv]`.
     pub engine: EngineConfig,
     /// `[kv]`: chunking, codec and the store tiers.
     pub kv: KvConfig,
@@ -51,12 +56,10 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{field} = {value}: {reason}")]
-    Invalid {
-        field: String,
-        value: String,
-        reason: String,
-    },
+    /// `field = value: reason`: the one shape every section's
+    /// `validate()` returns, the engine's and the policy's included.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 pub(crate) fn invalid(
@@ -64,25 +67,7 @@ pub(crate) fn invalid(
     value: impl std::fmt::Display,
     reason: impl Into<String>,
 ) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
-
-/// `EngineConfig::validate` says `field = value: reason` (or
-/// `field: reason`) in one string; split it back into its parts.
-fn engine_error(msg: String) -> ConfigError {
-    if let Some((field, rest)) = msg.split_once(" = ")
-        && let Some((value, reason)) = rest.split_once(": ")
-    {
-        return invalid(field, value, reason);
-    }
-    match msg.split_once(": ") {
-        Some((field, reason)) => invalid(field, "\"\"", reason),
-        None => invalid("engine", "\"\"", msg),
-    }
+    ConfigError::Invalid(Invalid::new(field, value, reason))
 }
 
 impl Config {
@@ -115,7 +100,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.model.validate()?;
-        self.engine.validate().map_err(engine_error)?;
+        // `[kv]` first: the engine's checks read its chunk size.
+        self.kv.validate()?;
+        self.engine_config().validate()?;
         // Any build accepts a GPU's spelling (one without `cuda`, or
         // without a GPU, serves on the CPU and says why at start).
         if !cake_engine::Device::is_valid_spec(&self.engine.device) {
@@ -123,29 +110,6 @@ impl Config {
                 "engine.device",
                 &self.engine.device,
                 "must be `cpu`, `cuda` or `cuda:N`",
-            ));
-        }
-        self.kv
-            .validate()
-            .map_err(|e| invalid(e.field, e.value, e.reason))?;
-        if self.engine.chunk_tokens != self.kv.chunk_tokens as usize {
-            return Err(invalid(
-                "engine.chunk_tokens",
-                self.engine.chunk_tokens,
-                format!(
-                    "must equal kv.chunk_tokens ({}): chunk keys depend on it",
-                    self.kv.chunk_tokens
-                ),
-            ));
-        }
-        if self.engine.codec != self.kv.codec {
-            return Err(invalid(
-                "engine.codec",
-                format!("{:?}", self.engine.codec).to_lowercase(),
-                format!(
-                    "must equal kv.codec ({}): chunk keys depend on it",
-                    format!("{:?}", self.kv.codec).to_lowercase()
-                ),
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -182,6 +146,12 @@ impl Config {
         }
         self.policy.validate()?;
         Ok(())
+    }
+
+    /// `[engine]` with the chunk format of `[kv]` (`kv.chunk_tokens`,
+    /// `kv.codec`): what an engine over this config's store runs with.
+    pub fn engine_config(&self) -> EngineConfig {
+        self.engine.clone().with_chunks_of(&self.kv)
     }
 
     /// The workers to run: the configured ones, or one embedded worker.
@@ -235,9 +205,7 @@ mod tests {
 
     #[test]
     fn cross_section_checks_name_the_field() {
-        let mut c = Config::default();
-        c.engine.chunk_tokens = 128;
-        c.engine.token_budget = 512;
+        let c = Config::parse("[engine]\nchunk_tokens = 128\ntoken_budget = 512\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("engine.chunk_tokens = 128"), "{e}");
 
@@ -257,5 +225,75 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.starts_with("engine.device"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_old_file_with_the_chunk_format_in_engine_is_refused_naming_the_new_key() {
+        let c = Config::parse("[engine]\nchunk_tokens = 128\n[kv]\nchunk_tokens = 128\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("engine.chunk_tokens = 128: moved to `kv.chunk_tokens`"),
+            "{e}"
+        );
+        let c = Config::parse("[engine]\ncodec = \"bf16\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("engine.codec = \"bf16\": moved to `kv.codec`"),
+            "{e}"
+        );
+        // Set once, in [kv], the engine runs with it.
+        let c = Config::parse("[kv]\nchunk_tokens = 128\ncodec = \"bf16\"\n").unwrap();
+        c.validate().unwrap();
+        let ec = c.engine_config();
+        assert_eq!(ec.chunk_tokens, 128);
+        assert_eq!(ec.codec, cake_engine::kv::Codec::Bf16);
+    }
+
+    #[test]
+    fn engine_kv_and_tenant_errors_arrive_with_field_value_and_reason() {
+        let fields = |text: &str| match Config::parse(text).unwrap().validate() {
+            Err(ConfigError::Invalid(e)) => (e.field, e.value, e.reason),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            fields("[engine]\nio_queue_depth = 65\n"),
+            (
+                "engine.io_queue_depth".into(),
+                "65".into(),
+                "must be 1..=64".into()
+            )
+        );
+        assert_eq!(
+            fields("[engine]\nname = \"\"\n"),
+            (
+                "engine.name".into(),
+                "\"\"".into(),
+                "must not be empty".into()
+            )
+        );
+        assert_eq!(
+            fields("[engine]\ntoken_budget = 256\n[kv]\nchunk_tokens = 512\n"),
+            (
+                "engine.token_budget".into(),
+                "256".into(),
+                "must hold at least one chunk (kv.chunk_tokens = 512)".into()
+            )
+        );
+        assert_eq!(
+            fields("[kv]\nwrite_behind_bytes = 0\n"),
+            (
+                "kv.write_behind_bytes".into(),
+                "0".into(),
+                "must be above 0".into()
+            )
+        );
+        assert_eq!(
+            fields("[[tenants]]\nname = \"t\"\nweight = 0\n"),
+            (
+                "tenants[0].weight".into(),
+                "0".into(),
+                "must be at least 1".into()
+            )
+        );
     }
 }

@@ -108,7 +108,7 @@ impl TenantConfig {
         }
         self.policy()
             .validate()
-            .map_err(|e| invalid(field(e.field), e.value, e.reason))?;
+            .map_err(|e| e.error.within(&format!("tenants[{i}]")))?;
         for (k, h) in self.api_key_sha256.iter().enumerate() {
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid(

@@ -216,7 +216,6 @@ pub fn tiny_config(
         [model]
         path = "{model}"
         [engine]
-        chunk_tokens = 16
         token_budget = 64
         {engine}
         [kv]
