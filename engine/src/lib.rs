@@ -23,7 +23,7 @@ pub use cache::{KvCache, KvChunk, KvLayout};
 pub use cake_kernels::Device;
 pub use config::{LlamaConfig, RopeConfig};
 pub use error::EngineError;
-pub use generate::{Decoding, FinishReason, GenerateOptions, Generation, StepOutput, TokenLogprob};
+pub use generate::{Decoding, FinishReason, GenerateOptions, StepOutput, TokenLogprob};
 pub use model::{BatchItem, Logits, Model, PrefillOutput, Profile};
 pub use rng::Rng;
 pub use sampling::{Sampler, SamplingParams};
