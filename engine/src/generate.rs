@@ -1,10 +1,11 @@
-//! One sequence's generation: prefill, then decode steps with sampling,
-//! stop sequences, EOS and log-probabilities. [`Decoding`] is the
-//! per-sequence state machine the step scheduler drives; [`Model::generate`]
-//! drives it alone.
+//! One sequence's decoding: sampling, stop sequences, EOS and
+//! log-probabilities. [`Decoding`] is the per-sequence state machine the
+//! step scheduler drives (`worker/seq.rs`); prefill and prompt
+//! log-probabilities are computed there too, in the steps that serve a
+//! request.
 
 use crate::sampling::{log_softmax, top_indices};
-use crate::{EngineError, KvCache, Model, Sampler, SamplingParams, Tokenizer};
+use crate::{EngineError, Model, Sampler, SamplingParams, Tokenizer};
 
 /// What to generate after a prompt.
 #[derive(Debug, Clone)]
@@ -66,18 +67,6 @@ pub struct TokenLogprob {
     pub token: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
-}
-
-/// The result of a whole generation.
-#[derive(Debug, Clone)]
-pub struct Generation {
-    pub prompt_tokens: usize,
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub finish: FinishReason,
-    pub logprobs: Vec<TokenLogprob>,
-    /// One per prompt token (the first has none), when asked for.
-    pub prompt_logprobs: Vec<Option<TokenLogprob>>,
 }
 
 /// One decode step's outcome.
@@ -282,92 +271,6 @@ impl Model {
             });
         }
         Ok(())
-    }
-
-    /// Prefills `prompt` in aligned chunks, reporting each prompt token's
-    /// log-probability (chunk by chunk, so memory stays bounded). Returns
-    /// the last token's logits.
-    pub fn prefill_with_logprobs(
-        &self,
-        cache: &mut KvCache,
-        prompt: &[u32],
-        chunk_tokens: usize,
-        top: usize,
-        out: &mut Vec<Option<TokenLogprob>>,
-    ) -> Result<Vec<f32>, EngineError> {
-        self.check_fits(prompt.len(), 0)?;
-        let chunk_tokens = chunk_tokens.max(1);
-        if cache.is_empty() {
-            out.push(None);
-        }
-        let mut done = 0;
-        let mut last = Vec::new();
-        while done < prompt.len() {
-            let room = chunk_tokens - cache.len() % chunk_tokens;
-            let end = (done + room).min(prompt.len());
-            let logits = self.forward(cache, &prompt[done..end])?.into_vec()?;
-            let v = self.config().vocab_size;
-            for (r, row) in logits.chunks(v).enumerate() {
-                let i = done + r + 1;
-                if i < prompt.len() {
-                    out.push(Some(logprob_of(row, prompt[i], top)));
-                } else {
-                    last = row.to_vec();
-                }
-            }
-            done = end;
-        }
-        Ok(last)
-    }
-
-    /// Generates after `prompt` on a fresh cache, calling `on_step` with
-    /// every decode step (for streaming).
-    pub fn generate(
-        &self,
-        tokenizer: &Tokenizer,
-        prompt: &[u32],
-        opts: &GenerateOptions,
-        mut on_step: impl FnMut(&StepOutput),
-    ) -> Result<Generation, EngineError> {
-        opts.sampling.validate()?;
-        self.check_fits(prompt.len(), opts.max_tokens)?;
-        let mut cache = self.new_cache();
-        let mut prompt_logprobs = Vec::new();
-        let mut logits = if opts.prompt_logprobs {
-            self.prefill_with_logprobs(
-                &mut cache,
-                prompt,
-                opts.chunk_tokens,
-                opts.logprobs.unwrap_or(0),
-                &mut prompt_logprobs,
-            )?
-        } else {
-            self.prefill(&mut cache, prompt, opts.chunk_tokens)?
-                .last_logits
-        };
-        let mut dec = Decoding::new(self, tokenizer, opts.clone());
-        let mut logprobs = Vec::new();
-        if opts.max_tokens > 0 {
-            loop {
-                let step = dec.step(tokenizer, &logits)?;
-                on_step(&step);
-                if let Some(lp) = &step.logprob {
-                    logprobs.push(lp.clone());
-                }
-                if step.finish.is_some() {
-                    break;
-                }
-                logits = self.forward_last(&mut cache, &[step.token])?;
-            }
-        }
-        Ok(Generation {
-            prompt_tokens: prompt.len(),
-            tokens: dec.tokens().to_vec(),
-            text: dec.text().to_string(),
-            finish: dec.finished().unwrap_or(FinishReason::Length),
-            logprobs,
-            prompt_logprobs,
-        })
     }
 }
 

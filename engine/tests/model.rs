@@ -1,12 +1,16 @@
 //! The model against itself: chunking, splitting, determinism, dtypes,
-//! malformed checkpoints and over-long prompts.
+//! malformed checkpoints and over-long prompts. Generation runs through the
+//! worker engine, the path that serves requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use cake_engine::init::{Dtype, preset, write_checkpoint};
-use cake_engine::{Device, EngineError, GenerateOptions, Model, Rng, SamplingParams, Tokenizer};
+use cake_engine::worker::{Engine, EngineConfig, WorkEvent, WorkOptions, WorkRequest};
+use cake_engine::{Device, EngineError, Model, Rng, TokenLogprob, Tokenizer};
 
 fn tiny(dtype: Dtype, seed: u64) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -127,108 +131,188 @@ fn kv_by_layer(cache: &cake_engine::KvCache) -> Vec<(Vec<f32>, Vec<f32>)> {
     out
 }
 
+/// A worker engine over a checkpoint, with no store: generation goes the
+/// way production serves a request (the scheduler's prefill steps with
+/// their prompt log-probabilities, then decode steps).
+struct Worker {
+    // Before the runtime: the engine's handle goes first.
+    engine: Engine,
+    rt: tokio::runtime::Runtime,
+}
+
+/// What the engine streamed back for one request.
+struct Served {
+    tokens: Vec<u32>,
+    /// Each token's text delta, in order.
+    deltas: Vec<String>,
+    logprobs: Vec<TokenLogprob>,
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    finish: String,
+}
+
+impl Served {
+    /// The text a client receives: the deltas joined.
+    fn text(&self) -> String {
+        self.deltas.concat()
+    }
+}
+
+impl Worker {
+    fn start(dir: &Path, chunk_tokens: usize) -> Worker {
+        let model = Arc::new(Model::load(dir, Device::Cpu).unwrap());
+        let tokenizer = Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = EngineConfig {
+            chunk_tokens,
+            ..Default::default()
+        };
+        let engine = rt
+            .block_on(async { Engine::start(model, tokenizer, None, cfg) })
+            .unwrap();
+        Worker { engine, rt }
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        self.engine.tokenizer()
+    }
+
+    /// Submits `prompt` and collects every event up to `Done`; a request
+    /// refused at submit is the error.
+    fn run(&self, prompt: &[u32], options: WorkOptions) -> Result<Served, EngineError> {
+        let req = WorkRequest {
+            id: "t".into(),
+            prompt: prompt.to_vec(),
+            options,
+            cache_group: "g".into(),
+            strategy: None,
+            priority: 0,
+        };
+        let mut rx = {
+            let _rt = self.rt.enter();
+            self.engine.submit(req)?
+        };
+        let mut out = Served {
+            tokens: Vec::new(),
+            deltas: Vec::new(),
+            logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
+            finish: String::new(),
+        };
+        self.rt.block_on(async {
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                    .await
+                    .expect("no event within 60 s")
+                    .expect("stream ended without Done");
+                match event {
+                    WorkEvent::PromptLogprobs { logprobs } => out.prompt_logprobs = logprobs,
+                    WorkEvent::Token(t) => {
+                        out.tokens.push(t.token);
+                        out.deltas.push(t.text);
+                        out.logprobs.extend(t.logprob);
+                    }
+                    WorkEvent::Done { finish_reason, .. } => {
+                        out.finish = finish_reason;
+                        return;
+                    }
+                    WorkEvent::Error { message, .. } => panic!("request failed: {message}"),
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
 #[test]
 fn generation_is_deterministic_for_a_seed() {
     let (_t, dir) = tiny(Dtype::F32, 5);
-    let model = Model::load(&dir, Device::Cpu).unwrap();
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let worker = Worker::start(&dir, 256);
+    let tok = worker.tokenizer();
     let prompt = tok.encode("The cake is a lie, said nobody.", true).unwrap();
     let run = |seed| {
-        let opts = GenerateOptions {
-            sampling: SamplingParams {
-                temperature: 1.0,
-                top_p: 0.95,
-                seed: Some(seed),
-                ..Default::default()
-            },
+        let opts = WorkOptions {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: Some(seed),
             max_tokens: 24,
             ignore_eos: true,
             ..Default::default()
         };
-        model.generate(&tok, &prompt, &opts, |_| {}).unwrap()
+        worker.run(&prompt, opts).unwrap()
     };
     let (a, b, c) = (run(7), run(7), run(8));
     assert_eq!(a.tokens, b.tokens);
-    assert_eq!(a.text, b.text);
+    assert_eq!(a.text(), b.text());
     assert_eq!(a.tokens.len(), 24);
     assert_ne!(
         a.tokens, c.tokens,
         "different seeds gave the same 24 tokens"
     );
-    // Streaming deltas add up to the final text.
-    let mut streamed = String::new();
-    let opts = GenerateOptions {
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
+    // Streaming deltas add up to the whole text of the tokens.
+    let opts = WorkOptions {
+        temperature: 0.0,
         max_tokens: 20,
         ignore_eos: true,
         ..Default::default()
     };
-    let g = model
-        .generate(&tok, &prompt, &opts, |s| streamed.push_str(&s.text_delta))
-        .unwrap();
-    assert_eq!(streamed, g.text);
+    let g = worker.run(&prompt, opts).unwrap();
+    assert_eq!(g.text(), tok.decode(&g.tokens).unwrap());
 }
 
 #[test]
 fn stop_sequences_cut_the_text() {
     let (_t, dir) = tiny(Dtype::F32, 5);
-    let model = Model::load(&dir, Device::Cpu).unwrap();
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let worker = Worker::start(&dir, 256);
+    let tok = worker.tokenizer();
     let prompt = tok.encode("hello", true).unwrap();
-    let opts = GenerateOptions {
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
+    let opts = WorkOptions {
+        temperature: 0.0,
         max_tokens: 30,
         ignore_eos: true,
         ..Default::default()
     };
-    let free = model.generate(&tok, &prompt, &opts, |_| {}).unwrap();
+    let free = worker.run(&prompt, opts.clone()).unwrap();
+    let free_text = free.text();
+    assert_eq!(free_text, tok.decode(&free.tokens).unwrap());
     // Pick a stop string from the middle of the free-running text.
-    let chars: Vec<char> = free.text.chars().collect();
-    assert!(chars.len() >= 6, "text too short: {:?}", free.text);
+    let chars: Vec<char> = free_text.chars().collect();
+    assert!(chars.len() >= 6, "text too short: {free_text:?}");
     let stop: String = chars[3..5].iter().collect();
-    let cut = free.text.find(&stop).unwrap();
-    let mut streamed = String::new();
-    let stopped = model
-        .generate(
-            &tok,
+    let cut = free_text.find(&stop).unwrap();
+    let stopped = worker
+        .run(
             &prompt,
-            &GenerateOptions {
+            WorkOptions {
                 stop: vec![stop.clone()],
                 ..opts
             },
-            |s| streamed.push_str(&s.text_delta),
         )
         .unwrap();
-    assert_eq!(stopped.text, free.text[..cut]);
-    assert_eq!(streamed, stopped.text);
-    assert_eq!(stopped.finish, cake_engine::FinishReason::Stop);
+    assert_eq!(stopped.text(), free_text[..cut]);
+    // The tokens streamed spell the stop sequence right after that text.
+    let spelled = tok.decode(&stopped.tokens).unwrap();
+    assert_eq!(spelled.find(&stop), Some(cut), "{spelled:?}");
+    assert_eq!(stopped.finish, cake_engine::FinishReason::Stop.as_str());
 }
 
 #[test]
 fn logprobs_are_normalised_and_prompt_logprobs_match_output_ones() {
     let (_t, dir) = tiny(Dtype::F32, 9);
-    let model = Model::load(&dir, Device::Cpu).unwrap();
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let prompt = tokens(40, tok.vocab_size(), 10);
-    let opts = GenerateOptions {
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        },
+    let worker = Worker::start(&dir, 16);
+    let prompt = tokens(40, worker.tokenizer().vocab_size(), 10);
+    let opts = WorkOptions {
+        temperature: 0.0,
         max_tokens: 5,
         ignore_eos: true,
         logprobs: Some(3),
         prompt_logprobs: true,
-        chunk_tokens: 16,
         ..Default::default()
     };
-    let g = model.generate(&tok, &prompt, &opts, |_| {}).unwrap();
+    let g = worker.run(&prompt, opts.clone()).unwrap();
     assert_eq!(g.prompt_logprobs.len(), prompt.len());
     assert!(g.prompt_logprobs[0].is_none());
     assert_eq!(g.logprobs.len(), 5);
@@ -245,15 +329,13 @@ fn logprobs_are_normalised_and_prompt_logprobs_match_output_ones() {
     // same log-probabilities.
     let mut all = prompt.clone();
     all.extend(&g.tokens);
-    let again = model
-        .generate(
-            &tok,
+    let again = worker
+        .run(
             &all,
-            &GenerateOptions {
+            WorkOptions {
                 max_tokens: 1,
                 ..opts
             },
-            |_| {},
         )
         .unwrap();
     for (i, lp) in g.logprobs.iter().enumerate() {
@@ -374,15 +456,13 @@ fn prompt_longer_than_context_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
     assert!(err.to_string().contains(&ctx.to_string()));
-    // Prompt fits but prompt + max_tokens does not.
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let opts = GenerateOptions {
+    // Prompt fits but prompt + max_tokens does not: the worker refuses it.
+    let worker = Worker::start(&dir, 256);
+    let opts = WorkOptions {
         max_tokens: 10,
         ..Default::default()
     };
-    let err = model
-        .generate(&tok, &vec![1u32; ctx - 5], &opts, |_| {})
-        .unwrap_err();
+    let err = worker.run(&vec![1u32; ctx - 5], opts).err().unwrap();
     assert!(
         matches!(err, EngineError::PromptTooLong { extra: 10, .. }),
         "{err}"

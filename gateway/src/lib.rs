@@ -1,7 +1,8 @@
 //! `cake-gateway`: all of Cake's HTTP — the OpenAI-compatible gateway
 //! (hyper + tower, the stack composed in `stack`), the worker trait and
 //! its embedded, remote (`cake worker`) and OpenAI pass-through forms,
-//! config loading, metrics, and the gateway benchmark.
+//! config loading, metrics, and (feature `tools`, on by default) the
+//! gateway benchmark.
 //!
 //! Depends on `cake-engine` (the workers' engine, tokenizer, KV store
 //! config) and `cake-policy`. Errors become HTTP responses only in
@@ -10,6 +11,7 @@
 mod admission;
 mod api;
 mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod config;
 mod error;

@@ -1,4 +1,5 @@
-//! The `cake` binary: serving, workers, model and config tools, benchmarks.
+//! The `cake` binary: serving, workers, config checks; with the `tools`
+//! feature (on by default) also model tools and benchmarks.
 
 use clap::{Parser, Subcommand};
 
@@ -27,11 +28,13 @@ enum Command {
         command: cmd::serve::ConfigCommand,
     },
     /// Model checkpoints.
+    #[cfg(feature = "tools")]
     Model {
         #[command(subcommand)]
         command: cmd::model::ModelCommand,
     },
     /// Benchmarks (release builds; figures are ratios measured in one run).
+    #[cfg(feature = "tools")]
     Bench {
         #[command(subcommand)]
         command: cmd::bench::BenchCommand,
@@ -56,7 +59,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::serve(args),
         Command::Worker(args) => cmd::serve::worker(args),
         Command::Config { command } => cmd::serve::config(command),
+        #[cfg(feature = "tools")]
         Command::Model { command } => cmd::model::run(command),
+        #[cfg(feature = "tools")]
         Command::Bench { command } => cmd::bench::run(command),
     }
 }

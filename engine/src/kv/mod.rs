@@ -22,6 +22,7 @@ mod config;
 mod disk;
 mod format;
 mod key;
+#[cfg(any(feature = "test-support", feature = "tools"))]
 mod local_redis;
 mod lru;
 mod memory;
@@ -40,6 +41,8 @@ pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,
 };
 pub use key::{ChunkKey, KV_LAYOUT_VERSION, Namespace, chunk_keys, next_chunk_key};
+// Test support, and `cake bench store --tier redis` without a URL.
+#[cfg(any(feature = "test-support", feature = "tools"))]
 pub use local_redis::{CLUSTER_NODE_TIMEOUT_MS, LocalRedis, LocalRedisCluster};
 pub use memory::MemoryStore;
 pub use redis_link::slot_of;

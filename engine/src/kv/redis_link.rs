@@ -328,6 +328,7 @@ fn parse_slots(v: &Value) -> Vec<Range> {
 
 /// A `CLUSTER SLOTS` reply as `(first slot, last slot, master port)`, for
 /// the local test cluster.
+#[cfg(any(feature = "test-support", feature = "tools"))]
 pub(super) fn slot_ranges(v: &Value) -> Vec<(u16, u16, u16)> {
     parse_slots(v)
         .into_iter()

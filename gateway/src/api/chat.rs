@@ -141,6 +141,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tools")]
     fn synthetic_models_template() {
         let t = ChatTemplate::new(
             Some(cake_engine::init::CHAT_TEMPLATE),

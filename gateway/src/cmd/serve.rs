@@ -77,12 +77,27 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 /// The checkpoint folder: `model.path`, or the synthetic preset created
-/// under the data folder on first start.
+/// under the data folder on first start (with the `tools` feature).
 fn model_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
     if !cfg.model.path.as_os_str().is_empty() {
         return Ok(cfg.model.path.clone());
     }
+    preset_dir(cfg)
+}
+
+#[cfg(feature = "tools")]
+fn preset_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
     super::model_dir::ensure_preset(&cfg.model.preset, cfg.model.seed, &cfg.data_dir())
+}
+
+/// Unreachable after `Config::validate`, which asks for `model.path` in a
+/// build without the tools; said again here in case.
+#[cfg(not(feature = "tools"))]
+fn preset_dir(cfg: &Config) -> anyhow::Result<PathBuf> {
+    anyhow::bail!(
+        "model.path is empty and this build has no `tools` feature to create preset `{}`",
+        cfg.model.preset
+    )
 }
 
 fn apply(

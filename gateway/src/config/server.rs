@@ -147,15 +147,8 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.path.as_os_str().is_empty() && cake_engine::init::preset(&self.preset).is_none() {
-            return Err(invalid(
-                "model.preset",
-                format!("{:?}", self.preset),
-                format!(
-                    "unknown preset (known: {})",
-                    cake_engine::init::PRESETS.join(", ")
-                ),
-            ));
+        if self.path.as_os_str().is_empty() {
+            return check_preset(&self.preset);
         }
         Ok(())
     }
@@ -177,6 +170,35 @@ impl ModelConfig {
         name.map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     }
+}
+
+/// The synthetic preset served when `model.path` is empty: a known name.
+#[cfg(feature = "tools")]
+fn check_preset(preset: &str) -> Result<(), ConfigError> {
+    if cake_engine::init::preset(preset).is_none() {
+        return Err(invalid(
+            "model.preset",
+            format!("{preset:?}"),
+            format!(
+                "unknown preset (known: {})",
+                cake_engine::init::PRESETS.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Without the `tools` feature no preset can be created: a checkpoint is
+/// needed.
+#[cfg(not(feature = "tools"))]
+fn check_preset(preset: &str) -> Result<(), ConfigError> {
+    Err(invalid(
+        "model.path",
+        "\"\"",
+        format!(
+            "a checkpoint is needed: this build has no `tools` feature to create preset {preset:?}"
+        ),
+    ))
 }
 
 #[cfg(test)]
