@@ -38,12 +38,13 @@ impl InFlight {
         self.counts.get(i).map_or(0, |c| c.load(Ordering::SeqCst))
     }
 
-    fn add(&self, i: usize, delta: i64) {
+    /// One more (`up`) or one fewer request on worker `i`.
+    fn step(&self, i: usize, up: bool) {
         let Some(c) = self.counts.get(i) else { return };
-        let n = if delta >= 0 {
-            c.fetch_add(delta as u64, Ordering::SeqCst) + delta as u64
+        let n = if up {
+            c.fetch_add(1, Ordering::SeqCst) + 1
         } else {
-            c.fetch_sub(delta.unsigned_abs(), Ordering::SeqCst) - delta.unsigned_abs()
+            c.fetch_sub(1, Ordering::SeqCst) - 1
         };
         if let Some(s) = self.pool.slots().get(i) {
             tm::worker_in_flight(s.name(), n);
@@ -64,7 +65,7 @@ struct Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        self.in_flight.add(self.worker, -1);
+        self.in_flight.step(self.worker, false);
     }
 }
 
@@ -102,7 +103,7 @@ impl Admitted {
     pub fn attempt(&mut self, slot: &Arc<WorkerSlot>) {
         self.attempt = None;
         if let Some(worker) = self.in_flight.index_of(slot) {
-            self.in_flight.add(worker, 1);
+            self.in_flight.step(worker, true);
             self.attempt = Some(Attempt {
                 in_flight: self.in_flight.clone(),
                 worker,
