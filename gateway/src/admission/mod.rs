@@ -96,7 +96,7 @@ impl Admission {
     }
 
     /// Which worker computes each chunk of the requests in flight.
-    pub fn prefixes(&self) -> &InFlightPrefixes {
+    pub fn prefixes(&self) -> &Arc<InFlightPrefixes> {
         &self.prefixes
     }
 

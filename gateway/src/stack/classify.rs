@@ -8,84 +8,83 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use cake_engine::worker::{Classification, RequestClass};
-use tower::{Layer, Service};
+use tower::{Service, ServiceExt};
 
-use super::ctx::{AppState, BoxFut, GenCtx};
-use crate::admission::{InFlightPrefixes, PrefixChunks, chunk_ids};
+use super::ctx::{BoxFut, Classified, Tokenized};
+use crate::admission::{Admission, InFlightPrefixes, PrefixChunks, chunk_ids};
 use crate::error::GatewayError;
+use crate::worker::WorkerPool;
 
+/// [`Tokenized`] in, [`Classified`] to the inner service.
 #[derive(Clone)]
-pub struct ClassifyLayer {
-    state: Arc<AppState>,
+pub struct Classify<S> {
+    inner: S,
+    /// Asked which chunks are stored.
+    pool: Arc<WorkerPool>,
+    /// For its in-flight prefix registry.
+    admission: Arc<Admission>,
 }
 
-impl ClassifyLayer {
-    pub fn new(state: Arc<AppState>) -> ClassifyLayer {
-        ClassifyLayer { state }
-    }
-}
-
-impl<S> Layer<S> for ClassifyLayer {
-    type Service = Classify<S>;
-    fn layer(&self, inner: S) -> Classify<S> {
+impl<S> Classify<S> {
+    pub fn new(inner: S, pool: Arc<WorkerPool>, admission: Arc<Admission>) -> Classify<S> {
         Classify {
             inner,
-            state: self.state.clone(),
+            pool,
+            admission,
         }
     }
 }
 
-#[derive(Clone)]
-pub struct Classify<S> {
-    inner: S,
-    state: Arc<AppState>,
+/// The prompt's class and what of it is stored or in flight.
+async fn classify(pool: &WorkerPool, admission: &Admission, ctx: Tokenized) -> Classified {
+    let found = pool.classify(&ctx.prompt, &ctx.tenant.cache_group).await;
+    // The chunk size the worker said, or its last report's.
+    let chunk = found
+        .as_ref()
+        .map(|c| c.chunk_tokens)
+        .filter(|&c| c > 0)
+        .or_else(|| {
+            let c = pool.slots().first()?.last_load().chunk_tokens as usize;
+            (c > 0).then_some(c)
+        })
+        .unwrap_or(DEFAULT_CHUNK);
+    let chunks = prefix_chunks(found.as_ref(), &ctx.tenant.cache_group, &ctx.prompt, chunk);
+    let seen = Seen::new(found.as_ref(), admission.prefixes(), &chunks);
+    let class = if seen.cached_tokens > 0 {
+        RequestClass::Cached
+    } else {
+        found.and_then(|c| c.class).unwrap_or(RequestClass::Fresh)
+    };
+    ctx.rid.meta.update(|m| m.class = Some(class));
+    tracing::Span::current().record("class", class.as_str());
+    Classified {
+        tokenized: ctx,
+        class,
+        cached_tokens: seen.cached_tokens,
+        stored_tokens: seen.stored_tokens,
+        chunks,
+    }
 }
 
-impl<S> Service<GenCtx> for Classify<S>
+impl<S> Service<Tokenized> for Classify<S>
 where
-    S: Service<GenCtx, Error = GatewayError> + Clone + Send + 'static,
+    S: Service<Classified, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = S::Response;
     type Error = GatewayError;
     type Future = BoxFut<S::Response>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service is readied for each request by
+    /// `oneshot`, on its own clone.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut ctx: GenCtx) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let pool = self.state.pool.clone();
-        let admission = self.state.admission.clone();
-        Box::pin(async move {
-            let found = pool.classify(&ctx.prompt, &ctx.tenant.cache_group).await;
-            // The chunk size the worker said, or its last report's.
-            let chunk = found
-                .as_ref()
-                .map(|c| c.chunk_tokens)
-                .filter(|&c| c > 0)
-                .or_else(|| {
-                    let c = pool.slots().first()?.last_load().chunk_tokens as usize;
-                    (c > 0).then_some(c)
-                })
-                .unwrap_or(DEFAULT_CHUNK);
-            let chunks = prefix_chunks(found.as_ref(), &ctx.tenant.cache_group, &ctx.prompt, chunk);
-            let seen = Seen::new(found.as_ref(), admission.prefixes(), &chunks);
-            let class = if seen.cached_tokens > 0 {
-                RequestClass::Cached
-            } else {
-                found.and_then(|c| c.class).unwrap_or(RequestClass::Fresh)
-            };
-            ctx.class = class;
-            ctx.cached_tokens = seen.cached_tokens;
-            ctx.stored_tokens = seen.stored_tokens;
-            ctx.chunks = Some(chunks);
-            ctx.rid.meta.update(|m| m.class = Some(class));
-            tracing::Span::current().record("class", class.as_str());
-            inner.call(ctx).await
-        })
+    fn call(&mut self, ctx: Tokenized) -> Self::Future {
+        let inner = self.inner.clone();
+        let (pool, admission) = (self.pool.clone(), self.admission.clone());
+        Box::pin(async move { inner.oneshot(classify(&pool, &admission, ctx).await).await })
     }
 }
 
@@ -148,7 +147,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::Arc;
 
+    use super::super::fixture::{echo, fleet, tokenized};
     use super::*;
+    use crate::config::PolicyConfig;
+
+    async fn call(pool: &Arc<WorkerPool>, adm: &Arc<Admission>, prompt: &[u32]) -> Classified {
+        Classify::new(echo::<Classified>(), pool.clone(), adm.clone())
+            .oneshot(tokenized(prompt))
+            .await
+            .unwrap()
+    }
+
+    /// The layer asks the workers, then counts what is in flight as well.
+    #[tokio::test]
+    async fn stored_and_in_flight_chunks_make_a_request_cached() {
+        let (mocks, pool, adm) = fleet(1, &PolicyConfig::default());
+        let prompt: Vec<u32> = (0..40).collect();
+        let c = call(&pool, &adm, &prompt).await;
+        assert_eq!(
+            (c.class, c.cached_tokens, c.stored_tokens),
+            (RequestClass::Fresh, 0, 0)
+        );
+        assert_eq!(c.chunks.chunk_tokens, 16, "the worker's chunk size");
+
+        mocks[0].store_prompt(&prompt[..16], "default");
+        let c = call(&pool, &adm, &prompt).await;
+        assert_eq!(
+            (c.class, c.cached_tokens, c.stored_tokens),
+            (RequestClass::Cached, 16, 16)
+        );
+        assert_eq!(c.chunks.stored, vec![true, false]);
+
+        let _computing = adm.prefixes().register(c.chunks.ids.clone(), 0);
+        let c = call(&pool, &adm, &prompt).await;
+        assert_eq!((c.cached_tokens, c.stored_tokens), (32, 16));
+    }
 
     fn classification(stored: &[bool], chunk: usize) -> Classification {
         let n = stored.iter().filter(|&&s| s).count();

@@ -157,29 +157,65 @@ pub struct RequestId {
     pub meta: Arc<RequestMeta>,
 }
 
-/// A generation request on its way down.
-pub struct GenCtx {
+/// A generation request on its way down grows by stage: each layer takes
+/// the stage above it and hands the next one down, so a layer can only
+/// run where what it reads has been filled in (a reordered stack does not
+/// compile). Each stage derefs to the one before it.
+///
+/// `parse`'s: who asks, and what.
+pub struct Parsed {
     pub rid: RequestId,
     pub tenant: Tenant,
-    /// Set by `parse`.
     pub params: GenParams,
-    /// Set by `tokenize`: the prompt's ids, and its text for `echo`.
+}
+
+/// `tokenize`'s: the prompt's ids, and its text for `echo`.
+pub struct Tokenized {
+    pub parsed: Parsed,
     pub prompt: Vec<u32>,
     pub prompt_text: Option<String>,
-    /// Set by `classify`: the class and the prompt tokens that need not be
-    /// computed (stored, or being computed for a request in flight).
+}
+
+/// `classify`'s: the class and the prompt tokens that need not be computed
+/// (stored, or being computed for a request in flight).
+pub struct Classified {
+    pub tokenized: Tokenized,
     pub class: RequestClass,
     pub cached_tokens: usize,
     /// Of those, the stored ones.
     pub stored_tokens: usize,
     /// The prompt's chunks, for the in-flight prefix registry.
-    pub chunks: Option<PrefixChunks>,
-    /// Set by `place`: healthy workers in the order to try them.
-    pub candidates: Vec<Arc<WorkerSlot>>,
-    /// Set by `admit` (grown by `place` and `dispatch`): what the request
-    /// holds until its response ends, dropped with it.
-    pub admitted: Option<Admitted>,
+    pub chunks: PrefixChunks,
 }
+
+/// `admit`'s: what the request holds until its response ends (grown by
+/// `place` and `dispatch`), given back when this drops.
+pub struct Holding {
+    pub classified: Classified,
+    pub admitted: Admitted,
+}
+
+/// `place`'s: healthy workers in the order to try them.
+pub struct Placed {
+    pub holding: Holding,
+    pub candidates: Vec<Arc<WorkerSlot>>,
+}
+
+macro_rules! stage {
+    ($stage:ty => $prev:ty, $field:ident) => {
+        impl std::ops::Deref for $stage {
+            type Target = $prev;
+            fn deref(&self) -> &$prev {
+                &self.$field
+            }
+        }
+    };
+}
+
+stage!(Tokenized => Parsed, parsed);
+stage!(Classified => Tokenized, tokenized);
+stage!(Holding => Classified, classified);
+stage!(Placed => Holding, holding);
 
 #[cfg(test)]
 mod tests {

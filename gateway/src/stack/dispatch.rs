@@ -14,23 +14,48 @@ use cake_engine::worker::{TokenEvent, Usage, WorkEvent, WorkRequest};
 use http::{Response, StatusCode};
 use tower::Service;
 
-use super::ctx::{AppState, BoxFut, GenCtx};
+use super::ctx::{BoxFut, ModelInfo, Placed, Tokenized};
 use super::finish::{final_usage, gateway_error, record_finished};
 use super::stream::stream_response;
+use crate::admission::Admission;
 use crate::api::{Renderer, usage_json};
+use crate::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::http::{Body, json_response};
 use crate::telemetry as tm;
 use crate::worker::{EventStream, WorkerError, WorkerPool, WorkerSlot, next_event};
 
+/// The bottom of the generation stack: [`Placed`] in, the response out.
 #[derive(Clone)]
 pub struct Dispatch {
-    state: Arc<AppState>,
+    pool: Arc<WorkerPool>,
+    /// For the 503s' Retry-After.
+    admission: Arc<Admission>,
+    /// For rendering the answer.
+    model: Arc<ModelInfo>,
+    /// `server.max_attempts`: workers tried at most.
+    max_attempts: usize,
+    /// `server.request_timeout_ms` (0: none), from the request's arrival.
+    request_timeout: Duration,
 }
 
 impl Dispatch {
-    pub fn new(state: Arc<AppState>) -> Dispatch {
-        Dispatch { state }
+    pub fn new(
+        pool: Arc<WorkerPool>,
+        admission: Arc<Admission>,
+        model: Arc<ModelInfo>,
+        server: &ServerConfig,
+    ) -> Dispatch {
+        Dispatch {
+            pool,
+            admission,
+            model,
+            max_attempts: server.max_attempts,
+            request_timeout: match server.request_timeout_ms {
+                0 => Duration::MAX,
+                ms => Duration::from_millis(ms),
+            },
+        }
     }
 }
 
@@ -94,7 +119,7 @@ async fn collect(
     }
 }
 
-fn renderer(state: &AppState, ctx: &GenCtx) -> Renderer {
+fn renderer(model: &ModelInfo, ctx: &Tokenized) -> Renderer {
     let echo = ctx.params.echo.then(|| {
         (
             ctx.prompt.clone(),
@@ -104,8 +129,8 @@ fn renderer(state: &AppState, ctx: &GenCtx) -> Renderer {
     Renderer::new(
         ctx.params.api,
         &ctx.rid.id,
-        &state.model.name,
-        state.model.tokenizer.clone(),
+        &model.name,
+        model.tokenizer.clone(),
         ctx.params.options.logprobs,
         echo,
     )
@@ -119,7 +144,7 @@ fn failed(pool: &WorkerPool, slot: &WorkerSlot, e: &WorkerError) {
     tracing::info!(worker = slot.name(), error = %e, "worker failed; trying the next one");
 }
 
-async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body>, GatewayError> {
+async fn dispatch(d: Dispatch, mut ctx: Placed) -> Result<Response<Body>, GatewayError> {
     let req = WorkRequest {
         id: ctx.rid.id.clone(),
         prompt: ctx.prompt.clone(),
@@ -128,19 +153,17 @@ async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body
         strategy: None,
         priority: ctx.tenant.entry.as_ref().map_or(0, |e| e.policy.priority),
     };
-    let pool = &state.pool;
+    let pool = &d.pool;
     let mut last: Option<(String, WorkerError)> = None;
     // Whether every worker tried was full (none broken or down).
     let mut all_full = true;
-    let candidates = ctx.candidates.clone();
-    for slot in candidates.iter().take(state.server.max_attempts) {
+    let candidates = std::mem::take(&mut ctx.candidates);
+    for slot in candidates.iter().take(d.max_attempts) {
         ctx.rid
             .meta
             .update(|m| m.worker = Some(slot.name().to_string()));
         tracing::Span::current().record("worker", slot.name());
-        if let Some(a) = ctx.admitted.as_mut() {
-            a.attempt(slot);
-        }
+        ctx.holding.admitted.attempt(slot);
         let (first, events) = match start(slot, req.clone()).await {
             Ok(x) => x,
             Err(e) if e.retryable() => {
@@ -153,18 +176,13 @@ async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body
         };
         pool.success(slot);
         tm::worker_accepted(slot.name(), ctx.class.as_str());
-        let mut render = renderer(&state, &ctx);
+        let mut render = renderer(&d.model, &ctx);
         if ctx.params.stream {
             return Ok(stream_response(ctx, slot.clone(), render, first, events));
         }
-        let total = match state.server.request_timeout_ms {
-            0 => Duration::MAX,
-            ms => Duration::from_millis(ms).saturating_sub(ctx.rid.received.elapsed()),
-        };
+        let total = d.request_timeout.saturating_sub(ctx.rid.received.elapsed());
         let c = match tokio::time::timeout(total, collect(first, events, slot.idle_timeout)).await {
-            Err(_) => Err(WorkerError::Timeout(Duration::from_millis(
-                state.server.request_timeout_ms,
-            ))),
+            Err(_) => Err(WorkerError::Timeout(d.request_timeout)),
             Ok(r) => r,
         };
         let c = match c {
@@ -180,9 +198,7 @@ async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body
             }
             Err(e) => return Err(gateway_error(slot.name(), e)),
         };
-        if let Some(a) = ctx.admitted.as_mut() {
-            a.worker_done();
-        }
+        ctx.holding.admitted.worker_done();
         let (usage, ttft_ms) = final_usage(&ctx, slot, c.usage, c.first_token);
         record_finished(&ctx, &usage, c.first_token);
         let body = render.full(
@@ -199,13 +215,13 @@ async fn dispatch(state: Arc<AppState>, mut ctx: GenCtx) -> Result<Response<Body
     if full {
         return Err(GatewayError::Overloaded {
             detail,
-            retry_after: state.admission.next_slot(),
+            retry_after: d.admission.next_slot(),
         });
     }
-    Err(state.admission.no_healthy_worker().with_detail(detail))
+    Err(d.admission.no_healthy_worker().with_detail(detail))
 }
 
-impl Service<GenCtx> for Dispatch {
+impl Service<Placed> for Dispatch {
     type Response = Response<Body>;
     type Error = GatewayError;
     type Future = BoxFut<Response<Body>>;
@@ -214,7 +230,57 @@ impl Service<GenCtx> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, ctx: GenCtx) -> Self::Future {
-        Box::pin(dispatch(self.state.clone(), ctx))
+    fn call(&mut self, ctx: Placed) -> Self::Future {
+        Box::pin(dispatch(self.clone(), ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use cake_engine::worker::WorkErrorKind;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::super::fixture::{fleet, holding, model};
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    async fn placed(adm: &Admission, pool: &WorkerPool) -> Placed {
+        Placed {
+            holding: holding(adm, &[1, 2, 3]).await,
+            candidates: pool.slots().to_vec(),
+        }
+    }
+
+    /// A worker that refuses before the first event is passed over; the
+    /// next one's answer is the response, and nothing stays in flight.
+    #[tokio::test]
+    async fn a_refusing_worker_is_retried_on_the_next() {
+        let (mocks, pool, adm) = fleet(2, &PolicyConfig::default());
+        mocks[0].set_healthy(false);
+        let d = Dispatch::new(pool.clone(), adm.clone(), model(), &ServerConfig::default());
+        let r = d.oneshot(placed(&adm, &pool).await).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+        assert_eq!((mocks[0].submitted(), mocks[1].submitted()), (0, 1));
+        assert_eq!(mocks[1].last_request().unwrap().prompt, vec![1, 2, 3]);
+        assert_eq!((adm.in_flight(0), adm.in_flight(1)), (0, 0));
+    }
+
+    /// Every worker full is 429-style overload with a retry hint, not a
+    /// broken worker.
+    #[tokio::test]
+    async fn every_worker_full_is_overloaded() {
+        let (mocks, pool, adm) = fleet(2, &PolicyConfig::default());
+        for m in &mocks {
+            m.fail_with(Some(WorkErrorKind::Overloaded));
+        }
+        let d = Dispatch::new(pool.clone(), adm.clone(), model(), &ServerConfig::default());
+        let e = d.oneshot(placed(&adm, &pool).await).await.err().unwrap();
+        assert!(matches!(e, GatewayError::Overloaded { .. }), "{e}");
+        assert_eq!(pool.healthy(), 2, "a full worker is not a failed one");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cake_engine::worker::Usage;
 
-use super::ctx::GenCtx;
+use super::ctx::Classified;
 use crate::error::GatewayError;
 use crate::telemetry as tm;
 use crate::worker::{WorkerError, WorkerSlot};
@@ -41,7 +41,7 @@ pub(crate) fn gateway_error(worker: &str, e: WorkerError) -> GatewayError {
 /// The usage the client sees: the worker's counts, the gateway's class and
 /// time to first token.
 pub(crate) fn final_usage(
-    ctx: &GenCtx,
+    ctx: &Classified,
     slot: &WorkerSlot,
     mut u: Usage,
     first_token: Option<Instant>,
@@ -61,7 +61,7 @@ pub(crate) fn final_usage(
 }
 
 /// Latency histograms and token counters of a finished request.
-pub(crate) fn record_finished(ctx: &GenCtx, u: &Usage, first_token: Option<Instant>) {
+pub(crate) fn record_finished(ctx: &Classified, u: &Usage, first_token: Option<Instant>) {
     let now = Instant::now();
     let class = ctx.class.as_str();
     let ttft = first_token.map(|t| (t - ctx.rid.received).as_secs_f64());

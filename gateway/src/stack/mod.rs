@@ -12,7 +12,11 @@
 //!  ▶ dispatch (submit, retry before the first byte, respond or stream)
 //! ```
 //!
-//! No layer is assembled anywhere else.
+//! No layer is assembled anywhere else. Each layer holds only the handles
+//! it uses, and the generation request grows by stage type
+//! ([`ctx::Parsed`] ▶ `Tokenized` ▶ `Classified` ▶ `Holding` ▶ `Placed`):
+//! a layer moved above the one that fills in what it reads does not
+//! compile.
 
 mod admit;
 mod auth;
@@ -21,6 +25,8 @@ mod classify;
 mod ctx;
 mod dispatch;
 mod finish;
+#[cfg(test)]
+mod fixture;
 mod parse;
 mod place;
 mod route;
@@ -34,6 +40,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
+use tower::layer::layer_fn;
 use tower::util::BoxCloneSyncService;
 
 pub use ctx::{AppState, ModelInfo, Tenant};
@@ -45,16 +52,28 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>,
 
 /// Builds the stack, top to bottom.
 pub fn build(state: Arc<AppState>) -> GatewayService {
+    let (model, pool, admission) = (&state.model, &state.pool, &state.admission);
+    let server = &state.server;
+    let limits = parse::BodyLimits::new(server);
     let generate = ServiceBuilder::new()
-        .layer(parse::ParseLayer::new(state.clone()))
-        .layer(tokenize::TokenizeLayer::new(state.clone()))
-        .layer(classify::ClassifyLayer::new(state.clone()))
-        .layer(admit::AdmitLayer::new(state.clone()))
-        .layer(place::PlaceLayer::new(state.clone()))
-        .service(dispatch::Dispatch::new(state.clone()));
+        .layer(layer_fn(|s| parse::Parse::new(s, &model.name, limits)))
+        .layer(layer_fn(|s| {
+            tokenize::Tokenize::new(s, model.clone(), server.max_prompt_tokens)
+        }))
+        .layer(layer_fn(|s| {
+            classify::Classify::new(s, pool.clone(), admission.clone())
+        }))
+        .layer(layer_fn(|s| admit::Admit::new(s, admission.clone())))
+        .layer(layer_fn(|s| place::Place::new(s, admission.clone())))
+        .service(dispatch::Dispatch::new(
+            pool.clone(),
+            admission.clone(),
+            model.clone(),
+            server,
+        ));
     let svc = ServiceBuilder::new()
         .layer(trace::TraceLayer)
         .layer(auth::AuthLayer::new(state.admission.clone()))
-        .service(route::Router::new(generate, state));
+        .service(route::Router::new(generate, state.clone()));
     BoxCloneSyncService::new(svc)
 }

@@ -8,71 +8,105 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tower::{Layer, Service};
+use tower::{Service, ServiceExt};
 
-use super::ctx::{AppState, GenCtx};
-use crate::admission::PlaceRequest;
+use super::ctx::{BoxFut, Holding, Placed};
+use crate::admission::{Admission, PlaceRequest};
 use crate::error::GatewayError;
 
-#[derive(Clone)]
-pub struct PlaceLayer {
-    state: Arc<AppState>,
-}
-
-impl PlaceLayer {
-    pub fn new(state: Arc<AppState>) -> PlaceLayer {
-        PlaceLayer { state }
-    }
-}
-
-impl<S> Layer<S> for PlaceLayer {
-    type Service = Place<S>;
-    fn layer(&self, inner: S) -> Place<S> {
-        Place {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
+/// [`Holding`] in, [`Placed`] to the inner service.
 #[derive(Clone)]
 pub struct Place<S> {
     inner: S,
-    state: Arc<AppState>,
+    admission: Arc<Admission>,
 }
 
-impl<S> Service<GenCtx> for Place<S>
+impl<S> Place<S> {
+    pub fn new(inner: S, admission: Arc<Admission>) -> Place<S> {
+        Place { inner, admission }
+    }
+}
+
+fn place(admission: &Admission, mut ctx: Holding) -> Result<Placed, GatewayError> {
+    let c = &ctx.classified;
+    let req = PlaceRequest {
+        prompt: &c.prompt,
+        cached_tokens: c.stored_tokens,
+        cache_group: &c.tenant.cache_group,
+        chunks: Some(&c.chunks),
+    };
+    let candidates = admission.place(&mut ctx.admitted, &req)?;
+    Ok(Placed {
+        holding: ctx,
+        candidates,
+    })
+}
+
+impl<S> Service<Holding> for Place<S>
 where
-    S: Service<GenCtx, Error = GatewayError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
+    S: Service<Placed, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = super::ctx::BoxFut<S::Response>;
+    type Future = BoxFut<S::Response>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service is readied for each request by
+    /// `oneshot`, on its own clone.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut ctx: GenCtx) -> Self::Future {
-        let req = PlaceRequest {
-            prompt: &ctx.prompt,
-            cached_tokens: ctx.stored_tokens,
-            cache_group: &ctx.tenant.cache_group,
-            chunks: ctx.chunks.as_ref(),
-        };
-        let Some(admitted) = ctx.admitted.as_mut() else {
-            return Box::pin(futures::future::ready(Err(GatewayError::Internal(
-                "placement before admission".into(),
-            ))));
-        };
-        match self.state.admission.place(admitted, &req) {
-            Ok(order) => {
-                ctx.candidates = order;
-                Box::pin(self.inner.call(ctx))
-            }
-            Err(e) => Box::pin(futures::future::ready(Err(e))),
-        }
+    fn call(&mut self, ctx: Holding) -> Self::Future {
+        let placed = place(&self.admission, ctx);
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.oneshot(placed?).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::fixture::{echo, fleet, holding};
+    use super::*;
+    use crate::config::PolicyConfig;
+    use crate::worker::WorkerError;
+
+    /// Every healthy worker is a candidate, chosen one first; the prompt's
+    /// chunks are registered under the chosen one while the request holds.
+    #[tokio::test]
+    async fn healthy_workers_in_order_and_the_prefix_registered() {
+        let (_mocks, pool, adm) = fleet(2, &PolicyConfig::default());
+        let svc = Place::new(echo::<Placed>(), adm.clone());
+        let prompt: Vec<u32> = (0..40).collect();
+        let p = svc
+            .clone()
+            .oneshot(holding(&adm, &prompt).await)
+            .await
+            .unwrap();
+        let names: Vec<&str> = p.candidates.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let chosen = usize::from(names[0] == "w1");
+        let ids = p.chunks.ids[..p.chunks.cap].to_vec();
+        assert_eq!(adm.prefixes().workers(&ids), vec![Some(chosen); 2]);
+        drop(p);
+        let workers = adm.prefixes().workers(&ids);
+        assert_eq!(workers, vec![None; 2], "given back with the hold");
+
+        // A worker down is no candidate; none up is 503.
+        pool.failure(&pool.slots()[0], &WorkerError::Unreachable("test".into()));
+        let p = svc
+            .clone()
+            .oneshot(holding(&adm, &prompt).await)
+            .await
+            .unwrap();
+        let names: Vec<&str> = p.candidates.iter().map(|s| s.name()).collect();
+        assert_eq!(names, vec!["w1"]);
+        drop(p);
+        // (Admitted while one was up: admission refuses with none.)
+        let held = holding(&adm, &prompt).await;
+        pool.failure(&pool.slots()[1], &WorkerError::Unreachable("test".into()));
+        let e = svc.oneshot(held).await.err().unwrap();
+        assert!(matches!(e, GatewayError::NoHealthyWorker { .. }), "{e}");
     }
 }

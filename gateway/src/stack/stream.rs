@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::ctx::GenCtx;
+use super::ctx::Placed;
 use super::finish::{final_usage, gateway_error, record_finished};
 use crate::api::{Renderer, usage_json};
 use crate::http::{Body, error_body, stream_body};
@@ -47,7 +47,7 @@ impl Forward {
 }
 
 async fn forward(
-    ctx: &GenCtx,
+    ctx: &Placed,
     slot: &WorkerSlot,
     mut render: Renderer,
     first: WorkEvent,
@@ -114,7 +114,7 @@ async fn forward(
 /// The streamed response; the work goes on in a task until the end or
 /// until the client leaves.
 pub(crate) fn stream_response(
-    ctx: GenCtx,
+    ctx: Placed,
     slot: Arc<WorkerSlot>,
     render: Renderer,
     first: WorkEvent,
