@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cake_engine::worker::LoadReport;
@@ -179,11 +179,10 @@ async fn weights_three_to_one_share_one_slow_worker() {
             }));
         }
     }
-    let t0 = Instant::now();
-    while served[0].load(Ordering::SeqCst) + served[1].load(Ordering::SeqCst) < 160 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "too slow");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("160 served", || {
+        served[0].load(Ordering::SeqCst) + served[1].load(Ordering::SeqCst) >= 160
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let (a, b) = (
         served[0].load(Ordering::SeqCst) as f64,
@@ -268,71 +267,85 @@ async fn priority_headroom_lets_a_priority_tenant_past_a_full_worker() {
     assert_eq!(order[0], "high", "{order:?}");
 }
 
+/// Waits (a hang guard, not a timing assertion) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_gives_fast_429s_with_a_bounded_queue() {
-    let m = slow_mock("w", 100);
+    let m = mock("w");
+    // Held busy: no slot frees until the refusals are in, so each one
+    // was given at once, not after a wait for a slot.
+    m.hold(true);
     let toml = format!(
         "[policy]\nmax_in_flight_per_worker = 1\nqueue_per_tenant = 2\nqueue_total = 3\n{}",
         two_tenants("", "")
     );
-    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let gw = Arc::new(gateway(&toml, std::slice::from_ref(&m)).await);
     let body = r#"{"prompt": "hello", "max_tokens": 2}"#;
-    let t0 = Instant::now();
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let gw = gw.clone();
             let key = if i % 3 == 0 { "key-b" } else { "key-a" };
-            tokio::spawn(async move {
-                let t = Instant::now();
-                let r = call(&gw, Some(key), body).await;
-                (r, t.elapsed())
-            })
+            tokio::spawn(async move { call(&gw, Some(key), body).await })
         })
         .collect();
-    let (mut ok, mut refused) = (0, 0);
+    // One running, three waiting (at most two of a tenant): eight refused.
+    until("eight refusals", || {
+        tasks.iter().filter(|t| t.is_finished()).count() >= 8
+    })
+    .await;
+    let (mut waiting, mut refused) = (Vec::new(), 0);
     for t in tasks {
-        let (r, took) = t.await.unwrap();
-        match r.status.as_u16() {
-            200 => ok += 1,
-            429 => {
-                refused += 1;
-                assert_eq!(r.json()["error"]["code"], "queue_full");
-                assert_eq!(r.headers["retry-after"], "1");
-                assert!(took < Duration::from_secs(1), "slow refusal: {took:?}");
-            }
-            s => panic!("unexpected {s}: {}", r.text()),
+        if !t.is_finished() {
+            waiting.push(t);
+            continue;
         }
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 429, "{}", r.text());
+        refused += 1;
+        assert_eq!(r.json()["error"]["code"], "queue_full");
+        assert_eq!(r.headers["retry-after"], "1");
     }
-    // One running, at most three waiting.
-    assert!((1..=4).contains(&ok), "ok {ok}");
-    assert_eq!(ok + refused, 12);
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!((waiting.len(), refused), (4, 8));
+    m.hold(false);
+    for t in waiting {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_deadline_refuses_quickly_never_hangs() {
-    let m = slow_mock("w", 200);
+    let m = mock("w");
+    m.hold(true);
     let toml = format!(
         "[policy]\nmax_in_flight_per_worker = 1\nqueue_deadline_ms = 150\n{}",
         two_tenants("", "")
     );
-    let gw = Arc::new(gateway(&toml, &[m]).await);
+    let gw = Arc::new(gateway(&toml, std::slice::from_ref(&m)).await);
     let busy = {
         let gw = gw.clone();
         tokio::spawn(async move {
             call(&gw, Some("key-a"), r#"{"prompt": "x", "max_tokens": 4}"#).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let t = Instant::now();
+    until("the busy request at the worker", || m.submitted() == 1).await;
     let r = call(&gw, Some("key-b"), SMALL).await;
     assert_eq!(r.error(429)["error"]["code"], "queue_timeout");
     assert!(r.headers.contains_key("retry-after"));
-    assert!(
-        t.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        t.elapsed()
-    );
+    // Refused at its deadline while the slot was still taken, not when it
+    // freed.
+    assert!(!busy.is_finished(), "the slot was still held");
+    m.hold(false);
     assert_eq!(busy.await.unwrap().status, 200);
 }
 

@@ -66,6 +66,8 @@ struct Inner {
     /// Every request fails with this kind, as an engine's error would:
     /// `overloaded` at submit, the others as the first event.
     fail: parking_lot::Mutex<Option<WorkErrorKind>>,
+    /// Tokens are produced while `true` ([`MockWorker::hold`]).
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 /// Stored chunks are namespaced by cache group, as the engine's chunk keys
@@ -92,6 +94,7 @@ impl MockWorker {
                 last: parking_lot::Mutex::new(None),
                 fake_load: parking_lot::Mutex::new(None),
                 fail: parking_lot::Mutex::new(None),
+                open: tokio::sync::watch::channel(true).0,
             }),
         }
     }
@@ -125,6 +128,12 @@ impl MockWorker {
     /// request's first event, as an engine's step failure does.
     pub fn fail_with(&self, kind: Option<WorkErrorKind>) {
         *self.inner.fail.lock() = kind;
+    }
+
+    /// While `held`, no request gets its next token: a test holds the
+    /// worker busy for as long as it needs, without a clock.
+    pub fn hold(&self, held: bool) {
+        self.inner.open.send_replace(!held);
     }
 
     /// Answers load checks with `report` (`None`: the real one again).
@@ -247,7 +256,15 @@ impl Worker for MockWorker {
             let mut ttft_ms = 0.0;
             let mut text = String::new();
             let mut finish = "length";
+            let mut open = me.inner.open.subscribe();
             for i in 0..n {
+                tokio::select! {
+                    _ = open.wait_for(|o| *o) => {}
+                    _ = tx.closed() => {
+                        me.inner.cancelled.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
                 if !me.inner.opts.token_delay.is_zero() {
                     tokio::select! {
                         _ = tokio::time::sleep(me.inner.opts.token_delay) => {}
