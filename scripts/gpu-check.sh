@@ -4,7 +4,7 @@
 #
 #   1. builds `cake` and the device test binaries with `--features cuda`
 #      (or, where cargo is missing, takes them prebuilt from $CAKE_GPU_BIN:
-#      `cake`, `kernels-devices`, `kernels-cuda-compile`, `engine-devices`);
+#      `cake`, `kernels-tests`, `engine-tests`: the crates' integration-test binaries);
 #   2. runs the device tests with CAKE_REQUIRE_GPU=1 (same test bodies on
 #      the CPU and the GPU, GPU results against the CPU's);
 #   3. runs `cake bench prefill` and `cake bench ttft` at llama-3-8b's
@@ -52,20 +52,22 @@ if command -v cargo >/dev/null && [ -z "${CAKE_GPU_BIN:-}" ]; then
   cargo build --release --features cuda -p cake-gateway || exit 1
   BIN=$(mktemp -d)
   cp target/release/cake "$BIN/"
-  for spec in "cake-kernels devices kernels-devices" "cake-kernels cuda_compile kernels-cuda-compile" "cake-engine devices engine-devices"; do
+  # Each crate's integration tests are one binary; a file's are `FILE::`.
+  for spec in "cake-kernels kernels-tests" "cake-engine engine-tests"; do
     set -- $spec
-    exe=$(cargo test --release --features cuda -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null \
+    exe=$(cargo test --release --features cuda -p "$1" --test integration --no-run --message-format=json 2>/dev/null \
       | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
-    cp "$exe" "$BIN/$3"
+    cp "$exe" "$BIN/$2"
   done
 else
   BIN=${CAKE_GPU_BIN:?cargo is missing: set CAKE_GPU_BIN to a folder of prebuilt binaries}
 fi
 
 log "device tests"
-for t in kernels-cuda-compile kernels-devices engine-devices; do
-  CAKE_REQUIRE_GPU=1 timeout 120 "$BIN/$t" --test-threads=1 --nocapture >> "$OUT/tests.log" 2>&1
-  echo "$t exit $?" | tee -a "$OUT/tests.log" "$OUT/steps.log"
+for t in "kernels-tests cuda_compile::" "kernels-tests devices::" "engine-tests devices::"; do
+  set -- $t
+  CAKE_REQUIRE_GPU=1 timeout 120 "$BIN/$1" "$2" --test-threads=1 --nocapture >> "$OUT/tests.log" 2>&1
+  echo "$1 $2 exit $?" | tee -a "$OUT/tests.log" "$OUT/steps.log"
 done
 
 MODEL=(--preset llama-3-8b --layers "$LAYERS" --device cuda:0 --data-dir "$DATA")

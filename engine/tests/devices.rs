@@ -13,8 +13,6 @@
 //!   device: 1e-4 with the f32 codec (loaded KV is the computed KV),
 //!   and the bf16 codec — decoded on the host on the CPU, widened on the
 //!   GPU — against the same strategy on the CPU.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

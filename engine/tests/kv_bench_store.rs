@@ -2,8 +2,6 @@
 //! timing is asserted).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-mod kv_support;
-
 use cake_engine::bench::store::{BenchTier, StoreBench, run};
 use cake_engine::kv::Codec;
 
@@ -37,7 +35,7 @@ async fn bench_store_runs_on_memory_and_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_store_runs_on_a_local_redis() {
     // Only to learn whether redis-server is there (the bench starts its own).
-    if kv_support::redis(&[]).is_none() {
+    if crate::kv_support::redis(&[]).is_none() {
         return;
     }
     smoke(BenchTier::Redis, Codec::F16).await;

@@ -4,14 +4,12 @@
 //! stored; the capacity is capped at what the disk holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-mod kv_support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::kv_support::prompt;
 use cake_engine::kv::{ChunkKey, Codec, DiskStore, KvStore, Space, StoreError, Tier};
-use kv_support::prompt;
 
 /// A disk of `size` bytes holding the store's chunk files (and, set
 /// through `other`, files of someone else).

@@ -2,15 +2,13 @@
 //! (skipped with a message when there is none, unless CAKE_REQUIRE_REDIS=1).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-mod kv_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kv_support::{prompt, redis};
 use cake_engine::kv::{
     ChunkKey, Codec, KvConfig, KvStore, RedisConfig, RedisStore, Tier, build_store,
 };
-use kv_support::{prompt, redis};
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {

@@ -4,14 +4,12 @@
 //! redis-server, unless CAKE_REQUIRE_REDIS=1.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-mod kv_support;
-
 use std::time::{Duration, Instant};
 
+use crate::kv_support::prompt;
 use cake_engine::kv::{
     ChunkKey, Codec, KvStore, LocalRedisCluster, RedisConfig, RedisStore, Tier, slot_of,
 };
-use kv_support::prompt;
 
 fn config(nodes: Vec<String>) -> RedisConfig {
     RedisConfig {

@@ -1,18 +1,16 @@
 //! The memory, disk, tiered and throttled stores, and `build_store`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-mod kv_support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::kv_support::{CHUNK_TOKENS, LAYOUT, context, prompt};
 use cake_engine::kv::{
     ChunkKey, Codec, DiskStore, EncodedChunk, KvConfig, KvStore, Link, MemoryStore, StoreError,
     StoreStats, ThrottledStore, Tier, TieredStore, build_store, load_chunk,
 };
 use futures::future::BoxFuture;
-use kv_support::{CHUNK_TOKENS, LAYOUT, context, prompt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

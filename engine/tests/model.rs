@@ -1,8 +1,6 @@
 //! The model against itself: chunking, splitting, determinism, dtypes,
 //! malformed checkpoints and over-long prompts. Generation runs through the
 //! worker engine, the path that serves requests.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

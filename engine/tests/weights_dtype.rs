@@ -1,8 +1,6 @@
 //! `engine.weights`: 16-bit weights held as stored compute the f32 bits;
 //! `bf16` rounds and says so in the fingerprint; a decode row does not
 //! depend on the batch.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 
 use cake_engine::init::{Dtype, preset, write_checkpoint};

@@ -1,9 +1,6 @@
 //! The OpenAI-compatible API over real HTTP, in front of a mock worker.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 #[tokio::test]

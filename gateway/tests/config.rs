@@ -1,7 +1,5 @@
 //! Every config file in `config/` loads and validates; `cake config check`
 //! says so, and names the key of a bad file.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,16 +2,13 @@
 //! starts end with all their tokens and `[DONE]`; at the drain deadline
 //! what is left ends with an error a client can read; new connections
 //! are refused.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{Reply, client, server_config, slot, slow_mock, start};
 use bytes::Bytes;
-use common::{Reply, client, server_config, slot, slow_mock, start};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
@@ -99,12 +96,12 @@ async fn the_deadline_ends_streams_with_an_error_event_and_requests_with_503() {
     }
     // A non-streaming request waits for its whole answer: its head comes
     // only with the cut.
-    let whole = tokio::spawn(common::post(
+    let whole = tokio::spawn(crate::common::post(
         addr,
         "/v1/completions",
         r#"{"prompt": "y", "max_tokens": 1000}"#,
     ));
-    common::eventually("the non-streaming request reaches the worker", || {
+    crate::common::eventually("the non-streaming request reaches the worker", || {
         m.submitted() == 4
     })
     .await;
@@ -126,7 +123,7 @@ async fn the_deadline_ends_streams_with_an_error_event_and_requests_with_503() {
     let r = whole.await.unwrap();
     let e = r.error(503);
     assert_eq!(e["error"]["code"], "shutting_down", "{e}");
-    common::eventually("the cut requests are cancelled at the worker", || {
+    crate::common::eventually("the cut requests are cancelled at the worker", || {
         m.cancelled() == 4
     })
     .await;

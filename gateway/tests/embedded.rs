@@ -1,11 +1,8 @@
 //! The real thing, small: the `tiny` synthetic model in an embedded
 //! engine behind the gateway, as `cake serve` runs it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{get, post, tiny_config, tiny_gateway};
 use cake_gateway::Config;
-use common::{get, post, tiny_config, tiny_gateway};
 use serde_json::{Value, json};
 
 async fn start(dir: &std::path::Path) -> cake_gateway::Gateway {
@@ -224,12 +221,13 @@ async fn a_full_engine_sends_the_request_elsewhere_or_says_when_to_come_back() {
     let body = json!({"prompt": [1, 2, 3], "max_tokens": 2}).to_string();
 
     let mut slots = full.slots;
-    let other = common::mock("other");
-    slots.push(common::slot(std::sync::Arc::new(other.clone())));
+    let other = crate::common::mock("other");
+    slots.push(crate::common::slot(std::sync::Arc::new(other.clone())));
     let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
     let info = || cake_gateway::model_info(&Config::default(), &dir.path().join("model")).unwrap();
     let gw =
-        cake_gateway::Gateway::start(&common::server_config(), &policy, info(), slots, l).unwrap();
+        cake_gateway::Gateway::start(&crate::common::server_config(), &policy, info(), slots, l)
+            .unwrap();
     // Round robin starts one of the two on the full engine.
     for _ in 0..2 {
         let r = post(gw.local_addr(), "/v1/completions", &body).await;
@@ -246,9 +244,14 @@ async fn a_full_engine_sends_the_request_elsewhere_or_says_when_to_come_back() {
         worker.idle_timeout,
     );
     let l = cake_gateway::listen("127.0.0.1:0").await.unwrap();
-    let gw1 =
-        cake_gateway::Gateway::start(&common::server_config(), &policy, info(), vec![alone], l)
-            .unwrap();
+    let gw1 = cake_gateway::Gateway::start(
+        &crate::common::server_config(),
+        &policy,
+        info(),
+        vec![alone],
+        l,
+    )
+    .unwrap();
     let r = post(gw1.local_addr(), "/v1/completions", &body).await;
     let v = r.error(503);
     assert_eq!(v["error"]["code"], "workers_overloaded", "{v}");

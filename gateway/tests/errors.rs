@@ -1,13 +1,10 @@
 //! Every error of DESIGN.md section 6 over real HTTP: the right status, an
 //! OpenAI error body naming what is wrong, and a server that goes on.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

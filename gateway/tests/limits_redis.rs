@@ -2,16 +2,13 @@
 //! (`policy.limits_redis`), and failing open to each gateway's own limits
 //! when Redis dies. Needs `redis-server` (skipped with a message when there
 //! is none, unless CAKE_REQUIRE_REDIS=1).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cake_engine::kv::LocalRedis;
 use cake_gateway::worker::MockWorker;
 use cake_gateway::{Config, Gateway};
-use common::*;
 
 const SMALL: &str = r#"{"prompt": "hello world", "max_tokens": 1}"#;
 

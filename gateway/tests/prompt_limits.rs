@@ -2,13 +2,10 @@
 //! `prompt_too_long` after tokenizing no more than the limit needs;
 //! prompts within the limit reach the worker tokenized exactly as the
 //! tokenizer does it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::{mock, model, post, server_config, slot, start};
+use crate::common::{mock, model, post, server_config, slot, start};
 use serde_json::json;
 
 /// A text of about `bytes` bytes, words and spaces.
@@ -37,7 +34,7 @@ async fn a_prompt_megabytes_over_the_limit_is_413() {
     assert_eq!(v["error"]["param"], "prompt", "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains(&common::CONTEXT.to_string()),
+        msg.contains(&crate::common::CONTEXT.to_string()),
         "names the limit: {msg}"
     );
 
@@ -59,7 +56,7 @@ async fn prompts_within_the_limit_are_tokenized_as_before() {
         "ünï 漢字 \u{1F600}  two  spaces\n".repeat(8),
     ] {
         let want = tok.encode(&prompt, true).unwrap();
-        assert!(want.len() < common::CONTEXT, "{}", want.len());
+        assert!(want.len() < crate::common::CONTEXT, "{}", want.len());
         let body = json!({"prompt": prompt, "max_tokens": 1}).to_string();
         let r = post(gw.local_addr(), "/v1/completions", &body).await;
         assert_eq!(r.status, 200, "{}", r.text());

@@ -12,15 +12,12 @@
 //! it (or without python3 with numpy and gguf, for the second test) the
 //! tests skip with a message, unless `CAKE_REQUIRE_REAL_MODEL=1` (CI sets
 //! it), where that is a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::post;
 use cake_gateway::Config;
-use common::post;
 use serde_json::{Value, json};
 
 const LOGPROB_TOL: f64 = 2e-3;

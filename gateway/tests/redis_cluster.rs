@@ -3,15 +3,12 @@
 //! mid-traffic, two gateways sharing a tenant's limits. Needs redis-server
 //! and redis-cli (skipped with a message when missing, unless
 //! CAKE_REQUIRE_REDIS=1).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cake_engine::kv::LocalRedisCluster;
 use cake_gateway::{Config, Gateway};
-use common::*;
 use serde_json::json;
 
 fn toml_list(urls: &[String]) -> String {

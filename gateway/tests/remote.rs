@@ -1,18 +1,15 @@
 //! Remote workers: `cake worker`'s HTTP protocol, retries on another
 //! worker, down and back up, cancellation across the hop, and an
 //! OpenAI-compatible server as a worker.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use cake_gateway::config::{PolicyConfig, WorkerKind};
 use cake_gateway::worker::{
     CakeWorker, MockWorker, OpenAiWorker, Worker, WorkerSlot, serve_worker,
 };
-use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

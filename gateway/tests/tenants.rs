@@ -2,19 +2,16 @@
 //! concurrency slots held until a stream ends, weighted and prioritised
 //! queues, bounded overload, cache groups, adaptive placement and hot
 //! reload — all against mock workers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use cake_engine::worker::LoadReport;
 use cake_gateway::worker::{MockOptions, MockWorker};
 use cake_gateway::{Config, Gateway};
-use common::*;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 

@@ -3,13 +3,11 @@
 //! rows share a call.
 #![allow(clippy::unwrap_used)] // test code: a failed call should fail loudly
 
-mod common;
-
+use crate::common::{Rng, assert_close, bits, t};
 use cake_kernels::{
     Tensor,
     ops::{Attn, attention, attention_many},
 };
-use common::{Rng, assert_close, bits, t};
 use proptest::prelude::*;
 
 struct Case {
@@ -80,7 +78,7 @@ impl Case {
 
     fn reference(&self) -> Vec<f64> {
         let dims = (self.m, self.heads, self.kv_heads, self.hd);
-        common::attention(&self.q, &self.k, &self.v, dims, self.q_pos0, self.scale())
+        crate::common::attention(&self.q, &self.k, &self.v, dims, self.q_pos0, self.scale())
     }
 
     fn check(&self, cuts: &[usize]) -> Vec<f32> {

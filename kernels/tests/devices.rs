@@ -13,10 +13,8 @@
 //!   another order); with f32 weights within 1e-5 of Σ|x·w|.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
-mod common;
-
+use crate::common::Rng;
 use cake_kernels::{Device, RopeTable, Tensor, ops};
-use common::Rng;
 
 fn devices() -> Vec<Device> {
     cake_kernels::test_devices()

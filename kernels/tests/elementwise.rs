@@ -1,10 +1,8 @@
 //! Row and elementwise ops against naive references.
 #![allow(clippy::unwrap_used)] // test code: a failed call should fail loudly
 
-mod common;
-
+use crate::common::{Rng, assert_close, bits, t};
 use cake_kernels::{RopeScaling, RopeTable, ops};
-use common::{Rng, assert_close, bits, t};
 
 #[test]
 fn rms_norm_matches_naive() {

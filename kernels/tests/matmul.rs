@@ -1,10 +1,8 @@
 //! `matmul_t` against a naive reference, and its determinism guarantees.
 #![allow(clippy::unwrap_used)] // test code: a failed call should fail loudly
 
-mod common;
-
+use crate::common::{Rng, assert_close, bits, t};
 use cake_kernels::ops::matmul_t;
-use common::{Rng, assert_close, bits, t};
 use proptest::prelude::*;
 
 fn check(m: usize, k: usize, n: usize, seed: u64) {
@@ -13,7 +11,7 @@ fn check(m: usize, k: usize, n: usize, seed: u64) {
     let w = rng.tensor(&[n, k]);
     let got = matmul_t(&x, &w).unwrap();
     assert_eq!(got.shape(), [m, n]);
-    let want = common::matmul_t(x.as_slice().unwrap(), w.as_slice().unwrap(), m, k, n);
+    let want = crate::common::matmul_t(x.as_slice().unwrap(), w.as_slice().unwrap(), m, k, n);
     // Inputs in [-1, 1): each sum has k terms of size ≤ 1, rounding errors
     // grow like √k·ε on average and k·ε at worst.
     let tol = 4.0 * (k as f64) * f32::EPSILON as f64;

@@ -4,12 +4,10 @@
 // Test helpers outside #[test] fns: a failed setup should panic.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::tokens_after;
+use crate::support::tokens_after;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cake-loadtest");
 
@@ -52,8 +50,8 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_plot_and_table_for_two_targets() {
-    let m1 = support::start(|_| tokens_after(1, Some("cached"))).await;
-    let m2 = support::start(|_| tokens_after(30, Some("fresh"))).await;
+    let m1 = crate::support::start(|_| tokens_after(1, Some("cached"))).await;
+    let m2 = crate::support::start(|_| tokens_after(30, Some("fresh"))).await;
     let dir = tempfile::tempdir().unwrap();
     let workload = write(dir.path(), "w.toml", WORKLOAD);
     let (json, plot) = (dir.path().join("r.json"), dir.path().join("r.svg"));

@@ -5,16 +5,14 @@
 // Test helpers outside #[test] fns: a failed setup should panic.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::Reply;
 use cake_loadtest::{Endpoint, Plan, RunResult, RunSpec, Workload, render_table, run, summarize};
 use serde_json::{Value, json};
-use support::Reply;
 
 async fn run_toml(toml: &str, target: &str, endpoint: Endpoint) -> RunResult {
     let w = Workload::from_toml(toml, "test").unwrap();
@@ -60,7 +58,7 @@ user_tokens = { dist = "fixed", value = 3 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_chat_turns_carry_the_answers_received() {
-    let mock = support::start_with(|_, body| {
+    let mock = crate::support::start_with(|_, body| {
         let msgs = body["messages"].as_array().unwrap();
         echo(answer(msgs.last().unwrap()["content"].as_str().unwrap()))
     })
@@ -116,7 +114,7 @@ async fn closed_chat_turns_carry_the_answers_received() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_completions_append_the_answer_to_the_prompt() {
-    let mock = support::start_with(|_, body| {
+    let mock = crate::support::start_with(|_, body| {
         let p = body["prompt"].as_str().unwrap();
         echo(answer(p.rsplit("\n\n").next().unwrap()))
     })
@@ -169,7 +167,7 @@ fn caching_mock(words: usize) -> impl Fn(&str, &Value) -> Reply + Send + Sync + 
 }
 
 /// The first 50 words of each prompt the mock received, with the count.
-fn documents(mock: &support::Mock) -> HashMap<String, usize> {
+fn documents(mock: &crate::support::Mock) -> HashMap<String, usize> {
     let mut docs = HashMap::new();
     for (_, j) in mock.seen.lock().iter() {
         let p = j["prompt"].as_str().unwrap();
@@ -181,7 +179,7 @@ fn documents(mock: &support::Mock) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_waves_send_together_over_a_new_prefix_and_report_reuse() {
-    let mock = support::start_with(caching_mock(50)).await;
+    let mock = crate::support::start_with(caching_mock(50)).await;
     let toml = r#"
 duration_s = 1.0
 [mix]
@@ -247,7 +245,7 @@ question_tokens = { dist = "fixed", value = 5 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_waves_wait_for_the_previous_wave() {
-    let mock = support::start_with(caching_mock(50)).await;
+    let mock = crate::support::start_with(caching_mock(50)).await;
     let toml = r#"
 duration_s = 0.1
 [mix]
@@ -286,7 +284,7 @@ question_tokens = { dist = "fixed", value = 5 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_without_reuse_fields_show_dashes() {
-    let mock = support::start(|_| support::tokens_after(1, None)).await;
+    let mock = crate::support::start(|_| crate::support::tokens_after(1, None)).await;
     let toml = r#"
 duration_s = 0.5
 [arrival]
@@ -312,7 +310,7 @@ prompt_tokens = { dist = "fixed", value = 4 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_turn_ends_its_conversation_and_the_rest_is_unfinished() {
     // Second turns fail; third turns are never sent.
-    let mock = support::start_with(|_, body| {
+    let mock = crate::support::start_with(|_, body| {
         if body["messages"].as_array().unwrap().len() > 2 {
             Reply::Status(500)
         } else {

@@ -5,12 +5,10 @@
 // Test helpers outside #[test] fns: a failed setup should panic.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::{Reply, tokens_after};
 use cake_loadtest::{Endpoint, Plan, RunSpec, RunSummary, Workload, run, summarize};
-use support::{Reply, tokens_after};
 
 async fn run_toml(toml: &str, target: &str, endpoint: Endpoint) -> RunSummary {
     let w = Workload::from_toml(toml, "test").unwrap();
@@ -56,7 +54,7 @@ max_tokens = { dist = "fixed", value = 3 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_latencies_goodput_and_splits() {
-    let mock = support::start(|key| match key {
+    let mock = crate::support::start(|key| match key {
         "key-a" => tokens_after(10, Some("cached")),
         _ => tokens_after(150, Some("fresh")),
     })
@@ -112,7 +110,7 @@ async fn counts_latencies_goodput_and_splits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_by_status_per_tenant() {
-    let mock = support::start(|key| match key {
+    let mock = crate::support::start(|key| match key {
         "limited" => Reply::Status(429),
         "broken" => Reply::Status(500),
         _ => tokens_after(1, None),
@@ -160,7 +158,7 @@ prompt_tokens = { dist = "fixed", value = 4 }
 async fn lateness_is_reported_and_counted_in_latency() {
     // One request at a time against a 100 ms server, five planned 20 ms
     // apart: the fifth cannot leave before ~400 ms, 320 ms late.
-    let mock = support::start(|_| tokens_after(100, None)).await;
+    let mock = crate::support::start(|_| tokens_after(100, None)).await;
     let toml = r#"
 duration_s = 0.1
 max_in_flight = 1
@@ -184,7 +182,7 @@ prompt_tokens = { dist = "fixed", value = 4 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_refused_connections_are_errors() {
-    let mock = support::start(|_| tokens_after(5_000, None)).await;
+    let mock = crate::support::start(|_| tokens_after(5_000, None)).await;
     let toml = r#"
 duration_s = 0.2
 request_timeout_s = 0.3
@@ -209,7 +207,7 @@ prompt_tokens = { dist = "fixed", value = 4 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_endpoint_sends_growing_conversations() {
-    let mock = support::start(|_| tokens_after(1, Some("cached"))).await;
+    let mock = crate::support::start(|_| tokens_after(1, Some("cached"))).await;
     let toml = r#"
 duration_s = 1.0
 [arrival]
@@ -240,7 +238,7 @@ reply_tokens = { dist = "fixed", value = 2 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramp_reports_steps_and_saturation() {
-    let mock = support::start(|_| tokens_after(1, None)).await;
+    let mock = crate::support::start(|_| tokens_after(1, None)).await;
     let toml = r#"
 duration_s = 1.0
 [arrival]

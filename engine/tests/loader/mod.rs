@@ -2,8 +2,6 @@
 //! for any pattern of stored chunks, holes and failed loads; cancellation
 //! and overload behave. Prefix reuse across requests (siblings, chunks
 //! visible at once, answers) is in `reuse.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
