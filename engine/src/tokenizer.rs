@@ -267,25 +267,34 @@ impl Tokenizer {
         DecodeStream {
             tok: self.clone(),
             ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
+            prefix: String::new(),
+            prefix_index: 0,
         }
     }
 }
 
 /// Turns a stream of token ids into a stream of text pieces, holding back
 /// bytes of a character not yet complete (a multi-byte character may span
-/// several byte-level tokens).
+/// several byte-level or byte-fallback tokens).
 ///
-/// It decodes a small window of ids each time, so that decoders that
-/// depend on context (e.g. SentencePiece's leading-space rule) give the
-/// same text as decoding everything at once.
+/// Each step is `tokenizers`' own streaming decode
+/// ([`tokenizers::tokenizer::step_decode_stream`], what
+/// `tokenizers::DecodeStream` runs): it decodes a small window of ids, so
+/// that decoders that depend on context (e.g. SentencePiece's leading-space
+/// rule) give the same text as decoding everything at once. The state is
+/// kept here rather than in a `tokenizers::DecodeStream` because that one
+/// borrows the tokenizer, and ours owns a handle to it. Added here: ids
+/// outside the vocabulary are skipped, and [`DecodeStream::finish`] gives
+/// back what is still held.
 #[derive(Debug, Clone)]
 pub struct DecodeStream {
     tok: Tokenizer,
+    /// The window: ids from the start of the text already given out as
+    /// `prefix`.
     ids: Vec<u32>,
-    prefix_offset: usize,
-    read_offset: usize,
+    /// The text of `ids[..prefix_index]`, already given out.
+    prefix: String,
+    prefix_index: usize,
 }
 
 impl DecodeStream {
@@ -294,45 +303,43 @@ impl DecodeStream {
         if (id as usize) >= self.tok.vocab_size() {
             return Ok(String::new());
         }
-        self.ids.push(id);
-        let prefix = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
-        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix) {
-            let new = text[prefix.len()..].to_string();
-            self.prefix_offset = self.read_offset;
-            self.read_offset = self.ids.len();
-            self.compact();
-            Ok(new)
-        } else {
-            Ok(String::new())
+        let step = tokenizers::tokenizer::step_decode_stream(
+            &self.tok.inner.tok,
+            vec![id],
+            false,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        );
+        match step {
+            Ok(text) => Ok(text.unwrap_or_default()),
+            // The window's text no longer starts with what was given out
+            // (a decoder that rewrites earlier text): hold back, as when
+            // the text ends in an incomplete character.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<tokenizers::tokenizer::DecodeStreamError>(),
+                    Some(tokenizers::tokenizer::DecodeStreamError::InvalidPrefix { .. })
+                ) =>
+            {
+                Ok(String::new())
+            }
+            Err(e) => Err(tok_err(e)),
         }
     }
 
     /// The text still held back (an incomplete character decodes to
     /// `\u{FFFD}`); call once the stream has ended.
     pub fn finish(&mut self) -> Result<String, EngineError> {
-        let prefix = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
-        self.prefix_offset = self.ids.len();
-        self.read_offset = self.ids.len();
-        self.compact();
-        Ok(match text.strip_prefix(&prefix) {
+        let text = self.tok.decode(&self.ids)?;
+        let rest = match text.strip_prefix(self.prefix.as_str()) {
             Some(rest) => rest.to_string(),
             None => String::new(),
-        })
-    }
-
-    /// Forgets ids no later decode needs, so memory stays bounded.
-    fn compact(&mut self) {
-        if self.prefix_offset > 64 {
-            self.ids.drain(..self.prefix_offset);
-            self.read_offset -= self.prefix_offset;
-            self.prefix_offset = 0;
-        }
+        };
+        self.ids.clear();
+        self.prefix.clear();
+        self.prefix_index = 0;
+        Ok(rest)
     }
 }
 

@@ -9,6 +9,9 @@ use cake_engine::Tokenizer;
 use cake_engine::init;
 use proptest::prelude::*;
 
+mod tokenizer_support;
+use tokenizer_support::{reference_pieces, stream_pieces};
+
 /// The `small` preset's tokenizer (32000 tokens), built once.
 fn small() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
@@ -81,6 +84,17 @@ proptest! {
     #[test]
     fn mixed_text_round_trips(text in mixed_text()) {
         round_trip(small(), &text);
+    }
+
+    /// Any ids, in any order (byte tokens that are not UTF-8, characters
+    /// cut off, ids outside the vocabulary): the same pieces as the
+    /// decoder this crate had before it used `tokenizers`' streaming step.
+    #[test]
+    fn streams_as_before(ids in prop::collection::vec(0u32..4200, 0..40), text in mixed_text()) {
+        let tok = tiny();
+        prop_assert_eq!(stream_pieces(tok, &ids), reference_pieces(tok, &ids));
+        let ids = tok.encode(&text, false).unwrap();
+        prop_assert_eq!(stream_pieces(tok, &ids), reference_pieces(tok, &ids));
     }
 }
 

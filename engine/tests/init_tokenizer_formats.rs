@@ -5,7 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
 use cake_engine::Tokenizer;
+use proptest::prelude::*;
 use serde_json::json;
+
+mod tokenizer_support;
+use tokenizer_support::{reference_pieces, stream_pieces};
 
 fn llama2_style() -> Tokenizer {
     let mut vocab = serde_json::Map::new();
@@ -71,10 +75,7 @@ fn llama2_style() -> Tokenizer {
 }
 
 fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
-    let mut s = tok.decode_stream();
-    let mut pieces: Vec<String> = ids.iter().map(|&id| s.push(id).unwrap()).collect();
-    pieces.push(s.finish().unwrap());
-    pieces
+    stream_pieces(tok, ids)
 }
 
 #[test]
@@ -99,4 +100,18 @@ fn sentencepiece_style_tokenizers_round_trip_and_stream() {
     assert_eq!(pieces.concat(), text);
     assert!(pieces.iter().all(|p| !p.contains('\u{fffd}')), "{pieces:?}");
     assert!(pieces.contains(&"😀".to_string()), "{pieces:?}");
+}
+
+proptest! {
+    /// Byte-fallback tokens (`<0xE2>`) in any order, characters split across
+    /// them or cut off, `▁` words and the first-space rule: the same pieces
+    /// as the decoder this crate had before it used `tokenizers`' streaming
+    /// step.
+    #[test]
+    fn streams_as_before(ids in prop::collection::vec(0u32..300, 0..40), text in "[a-z 😀é→]{0,16}") {
+        let tok = llama2_style();
+        prop_assert_eq!(stream_pieces(&tok, &ids), reference_pieces(&tok, &ids));
+        let ids = tok.encode(&text, false).unwrap();
+        prop_assert_eq!(stream_pieces(&tok, &ids), reference_pieces(&tok, &ids));
+    }
 }

@@ -3,6 +3,20 @@
 //! stores hold it under one short lock, because every read changes the
 //! recency order and that order is one structure (a sharded map would
 //! still need it).
+//!
+//! Ours rather than `quick_cache` or `moka` (issue 15 item 9 weighed both),
+//! because the stores rely on three things neither gives:
+//! - strict recency order: the disk store promises least recently used
+//!   evicted first (and, after a restart, oldest file first), and the
+//!   property test below holds this to a recency-list model. `quick_cache`
+//!   is S3-FIFO/Clock-PRO-like and `moka` admits through TinyLFU (a new
+//!   entry can be refused outright), both by design not LRU;
+//! - eviction results handed back synchronously, under the caller's lock:
+//!   the disk store reserves the evicted files' bytes before it unlocks and
+//!   deletes them after (`moka` evicts in deferred maintenance and notifies
+//!   through a listener; `quick_cache` reports through a lifecycle hook);
+//! - [`Lru::make_room`] and [`Lru::set_capacity`]: freeing bytes without
+//!   inserting, for writes in flight and for a file system that filled up.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -20,6 +20,7 @@ mod build;
 mod codec;
 mod config;
 mod disk;
+mod down_window;
 mod format;
 mod key;
 #[cfg(any(feature = "test-support", feature = "tools"))]
@@ -37,6 +38,7 @@ pub use build::{KvError, build_store};
 pub use codec::Codec;
 pub use config::{DiskConfig, KvConfig, MemoryConfig, RedisConfig, ThrottleConfig, ThrottleTarget};
 pub use disk::{DiskStore, FsSpace, Space};
+pub use down_window::DownWindow;
 pub use format::{
     ChunkContext, ChunkHeader, EncodedChunk, FORMAT_VERSION, FormatError, HEADER_LEN, decode_chunk,
 };

@@ -31,6 +31,7 @@ use redis::{Cmd, ErrorKind, RedisResult, ServerErrorKind, Value};
 use tokio::time::Instant;
 
 use super::config::RedisConfig;
+use super::down_window::DownWindow;
 use super::store::{Counters, StoreError};
 
 /// The slot map is refreshed at most this often while something is wrong.
@@ -44,14 +45,14 @@ pub const REFRESH_AT_LEAST: Duration = Duration::from_secs(1);
 /// `retry_after`.
 pub(super) struct Health {
     label: String,
-    down_since: Mutex<Option<Instant>>,
+    down: DownWindow,
 }
 
 impl Health {
     fn new(label: impl Into<String>) -> Health {
         Health {
             label: label.into(),
-            down_since: Mutex::new(None),
+            down: DownWindow::new(),
         }
     }
 
@@ -64,14 +65,12 @@ impl Health {
         what: &'static str,
         f: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        if let Some(since) = *self.down_since.lock()
-            && since.elapsed() < link.retry_after
-        {
+        if self.down.is_down(link.retry_after) {
             return Err(StoreError::Unavailable(link.retry_after));
         }
         let err = match tokio::time::timeout(link.timeout, f).await {
             Ok(Ok(v)) => {
-                if self.down_since.lock().take().is_some() {
+                if self.down.succeeded() {
                     tracing::info!(server = %self.label, op = what, "redis KV store reachable again");
                 }
                 return Ok(v);
@@ -83,7 +82,7 @@ impl Health {
             Err(_) => StoreError::Timeout(link.timeout),
         };
         link.counters.error();
-        if self.down_since.lock().replace(Instant::now()).is_none() {
+        if self.down.failed() {
             tracing::warn!(
                 server = %self.label,
                 op = what,

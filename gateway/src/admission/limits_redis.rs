@@ -33,6 +33,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cake_engine::kv::DownWindow;
 use cake_policy::{LimitKind, Limited, TenantLimits};
 use redis::aio::{ConnectionLike, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -140,13 +141,6 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<RedisResult<Vec<i64>>>,
 }
 
-#[derive(Default)]
-struct Health {
-    /// When the last failure happened, while Redis counts as down.
-    down_since: Option<Instant>,
-    last_log: Option<Instant>,
-}
-
 /// Where the limits live.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -192,7 +186,10 @@ pub struct SharedLimits {
     prefix: String,
     timeout: Duration,
     jobs: mpsc::UnboundedSender<Job>,
-    health: Mutex<Health>,
+    /// Down for [`RETRY_EVERY`] after a failure.
+    down: DownWindow,
+    /// When "unreachable" was last logged (at most every [`LOG_EVERY`]).
+    last_log: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for SharedLimits {
@@ -271,7 +268,8 @@ impl SharedLimits {
             prefix: prefix.to_string(),
             timeout,
             jobs,
-            health: Mutex::new(Health::default()),
+            down: DownWindow::new(),
+            last_log: Mutex::new(None),
         })
     }
 
@@ -293,28 +291,24 @@ impl SharedLimits {
         if buckets.is_empty() {
             return Ok(Ok(()));
         }
-        if let Some(since) = self.lock().down_since
-            && since.elapsed() < RETRY_EVERY
-        {
+        if self.down.is_down(RETRY_EVERY) {
             return Err(SharedError::Skipped);
         }
         let result = self.call(tenant, buckets).await;
         match result {
             Ok(v) => {
-                if self.lock().down_since.take().is_some() {
+                if self.down.succeeded() {
                     tracing::info!(redis = %self.target, "redis for tenant limits reachable again");
                 }
                 Ok(decode(&v, buckets))
             }
             Err(e) => {
                 metrics::counter!("cake_limits_redis_errors_total").increment(1);
-                let mut h = self.lock();
+                self.down.failed();
                 let now = Instant::now();
-                h.down_since = Some(now);
-                if h.last_log
-                    .is_none_or(|l| now.duration_since(l) >= LOG_EVERY)
-                {
-                    h.last_log = Some(now);
+                let mut last_log = self.last_log.lock();
+                if last_log.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
+                    *last_log = Some(now);
                     tracing::warn!(
                         redis = %self.target,
                         error = %e,
@@ -324,10 +318,6 @@ impl SharedLimits {
                 Err(e)
             }
         }
-    }
-
-    fn lock(&self) -> parking_lot::MutexGuard<'_, Health> {
-        self.health.lock()
     }
 
     async fn call(&self, tenant: &str, buckets: &[Bucket]) -> Result<Vec<i64>, SharedError> {
