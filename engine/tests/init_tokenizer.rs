@@ -9,8 +9,7 @@ use cake_engine::Tokenizer;
 use cake_engine::init;
 use proptest::prelude::*;
 
-mod tokenizer_support;
-use tokenizer_support::{reference_pieces, stream_pieces};
+use crate::tokenizer_support::{reference_pieces, stream_pieces};
 
 /// The `small` preset's tokenizer (32000 tokens), built once.
 fn small() -> &'static Tokenizer {

@@ -8,8 +8,7 @@ use cake_engine::Tokenizer;
 use proptest::prelude::*;
 use serde_json::json;
 
-mod tokenizer_support;
-use tokenizer_support::{reference_pieces, stream_pieces};
+use crate::tokenizer_support::{reference_pieces, stream_pieces};
 
 fn llama2_style() -> Tokenizer {
     let mut vocab = serde_json::Map::new();

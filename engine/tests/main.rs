@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod kv_support;
+mod tokenizer_support;
 
 mod devices;
 mod gguf;
