@@ -1,8 +1,10 @@
-//! The OpenAI-compatible API: request parsing and validation (`request`),
-//! the chat template (`chat`), and the JSON a client gets back (`render`).
+//! The OpenAI-compatible API: request parsing and validation (`request`,
+//! the typed bodies in `body`, their leaf deserializers in `de`), the chat
+//! template (`chat`), and the JSON a client gets back (`render`).
 
+mod body;
 mod chat;
-mod fields;
+mod de;
 mod render;
 mod request;
 

@@ -1,12 +1,14 @@
 //! Parsing and validating `/v1/completions` and `/v1/chat/completions`
-//! bodies. Known fields with a wrong type or value are errors naming the
-//! field; unknown fields are logged and ignored (clients of vLLM-style
-//! servers send many).
+//! bodies. The body is read into typed structs (`body`); known fields with
+//! a wrong type or value are errors naming the field, unknown fields are
+//! logged and ignored (clients of vLLM-style servers send many), and
+//! [`validate`] checks ranges and the rules between fields.
 
 use cake_engine::worker::WorkOptions;
 use serde_json::Value;
 
-use super::fields::Fields;
+use super::body::{self, Chat, ChatMessages, Common, Completion, Ignored, Prompt};
+use super::de::as_integer;
 use crate::error::GatewayError;
 
 /// Which endpoint a request came to.
@@ -64,44 +66,134 @@ pub fn parse_request(
 ) -> Result<GenParams, GatewayError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::MalformedJson(e.to_string()))?;
-    let Value::Object(map) = value else {
+    if !value.is_object() {
         return Err(GatewayError::MalformedJson(
             "the body must be a JSON object".into(),
         ));
-    };
-    let mut f = Fields::new(map);
-    let model = f.string("model")?;
-    let input = match api {
-        Api::Completions => prompt(&mut f)?,
-        Api::Chat => messages(&mut f)?,
-    };
-    let mut o = WorkOptions::default();
+    }
+    let (params, unknown) = parse(api, value, chat_default_max_tokens)?;
+    for name in unknown {
+        tracing::warn!(field = %name, "unknown field ignored");
+    }
+    Ok(params)
+}
 
-    let max_tokens = match api {
-        Api::Completions => f.int("max_tokens", 0, MAX_TOKENS)?.map(|n| n as usize),
-        Api::Chat => {
-            let mct = f.int("max_completion_tokens", 0, MAX_TOKENS)?;
-            let mt = f.int("max_tokens", 0, MAX_TOKENS)?;
-            mct.or(mt).map(|n| n as usize)
+/// The request, and the fields no struct knows. The prompt is read and
+/// checked first, as a body sent to the wrong endpoint lacks it; then the
+/// fields both endpoints share, then the endpoint's others. Each struct
+/// ignores the others' fields, so a key of the body is unknown only when
+/// all of them did.
+fn parse(
+    api: Api,
+    value: Value,
+    chat_default_max_tokens: usize,
+) -> Result<(GenParams, Vec<String>), GatewayError> {
+    let mut ignored: [Vec<Ignored>; 3] = Default::default();
+    let [a, b, c] = &mut ignored;
+    let input = match api {
+        Api::Completions => match body::read::<Prompt, _>(&value, a)?.prompt {
+            Some(input) => input,
+            None => return Err(GatewayError::field("prompt", "is required")),
+        },
+        Api::Chat => messages(body::read(&value, a)?)?,
+    };
+    let own = match api {
+        Api::Completions => Own::Completion(body::read(&value, b)?),
+        Api::Chat => Own::Chat(body::read(&value, b)?),
+    };
+    let common: Common = body::read(value, c)?;
+    let unknown = unknown(&ignored);
+    Ok((
+        validate(api, common, own, input, chat_default_max_tokens)?,
+        unknown,
+    ))
+}
+
+/// The endpoint's own fields besides the prompt.
+#[derive(Debug)]
+enum Own {
+    Completion(Completion),
+    Chat(Chat),
+}
+
+/// The fields no struct took: nested ones (only the struct that knows
+/// their parent looks inside it), and keys of the body that all ignored.
+fn unknown(sets: &[Vec<Ignored>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in sets.iter().flatten() {
+        let everywhere = sets.iter().all(|s| s.contains(i));
+        if (!i.top_level || everywhere) && !out.contains(&i.name) {
+            out.push(i.name.clone());
+        }
+    }
+    out
+}
+
+fn int_in(field: &str, v: Option<i64>, min: i64, max: i64) -> Result<Option<i64>, GatewayError> {
+    match v {
+        Some(n) if n < min || n > max => Err(GatewayError::field(
+            field,
+            format!("{n} is out of range: must be from {min} to {max}"),
+        )),
+        v => Ok(v),
+    }
+}
+
+fn number_in(field: &str, v: Option<f64>, min: f64, max: f64) -> Result<Option<f64>, GatewayError> {
+    match v {
+        Some(x) if !(x >= min && x <= max) => Err(GatewayError::field(
+            field,
+            format!("{x} is out of range: must be from {min} to {max}"),
+        )),
+        x => Ok(x),
+    }
+}
+
+fn only_one(field: &str) -> GatewayError {
+    GatewayError::field(field, "only 1 is supported")
+}
+
+/// The ranges and the rules between fields, in a fixed order; the
+/// defaults for what was left out.
+fn validate(
+    api: Api,
+    c: Common,
+    own: Own,
+    input: PromptInput,
+    chat_default_max_tokens: usize,
+) -> Result<GenParams, GatewayError> {
+    let mut o = WorkOptions::default();
+    let max_tokens = match &own {
+        Own::Completion(_) => int_in("max_tokens", c.max_tokens, 0, MAX_TOKENS)?,
+        Own::Chat(ch) => {
+            let mct = int_in(
+                "max_completion_tokens",
+                ch.max_completion_tokens,
+                0,
+                MAX_TOKENS,
+            )?;
+            let mt = int_in("max_tokens", c.max_tokens, 0, MAX_TOKENS)?;
+            mct.or(mt)
         }
     };
-    o.max_tokens = max_tokens.unwrap_or(match api {
-        Api::Completions => 16,
-        Api::Chat => chat_default_max_tokens,
-    });
-    if let Some(t) = f.number_in("temperature", 0.0, 100.0)? {
+    o.max_tokens = match (max_tokens, api) {
+        (Some(n), _) => n as usize,
+        (None, Api::Completions) => 16,
+        (None, Api::Chat) => chat_default_max_tokens,
+    };
+    if let Some(t) = number_in("temperature", c.temperature, 0.0, 100.0)? {
         o.temperature = t as f32;
     }
-    if let Some(p) = f.number_in("top_p", 0.0, 1.0)? {
+    if let Some(p) = number_in("top_p", c.top_p, 0.0, 1.0)? {
         if p <= 0.0 {
             return Err(GatewayError::field("top_p", "must be above 0"));
         }
         o.top_p = p as f32;
     }
-    if let Some(k) = f.int("top_k", -1, 1 << 20)? {
+    if let Some(k) = int_in("top_k", c.top_k, -1, 1 << 20)? {
         o.top_k = k.max(0) as usize;
     }
-    if let Some(m) = f.int("min_tokens", 0, MAX_TOKENS)? {
+    if let Some(m) = int_in("min_tokens", c.min_tokens, 0, MAX_TOKENS)? {
         if m as usize > o.max_tokens {
             return Err(GatewayError::field(
                 "min_tokens",
@@ -110,53 +202,53 @@ pub fn parse_request(
         }
         o.min_tokens = m as usize;
     }
-    if let Some(r) = f.number_in("repetition_penalty", 0.0, 100.0)? {
+    if let Some(r) = number_in("repetition_penalty", c.repetition_penalty, 0.0, 100.0)? {
         if r <= 0.0 {
             return Err(GatewayError::field("repetition_penalty", "must be above 0"));
         }
         o.repetition_penalty = r as f32;
     }
-    o.seed = f.int("seed", i64::MIN, i64::MAX)?.map(|s| s as u64);
-    o.stop = f.strings("stop")?;
+    o.seed = c.seed.map(|s| s as u64);
+    o.stop = c.stop;
     if o.stop.iter().any(|s| s.is_empty()) {
         return Err(GatewayError::field(
             "stop",
             "stop strings must not be empty",
         ));
     }
-    o.ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
-    for name in ["n", "best_of"] {
-        match f.int(name, 1, 1) {
-            Ok(_) => {}
-            Err(GatewayError::InvalidField { .. }) => return Err(only_one(name)),
-            Err(e) => return Err(e),
+    o.ignore_eos = c.ignore_eos.unwrap_or(false);
+    for (name, v) in [("n", &c.n), ("best_of", &c.best_of)] {
+        if v.as_ref().is_some_and(|v| as_integer(v) != Some(1)) {
+            return Err(only_one(name));
         }
     }
-    for name in ["presence_penalty", "frequency_penalty"] {
-        if let Some(x) = f.number_in(name, -2.0, 2.0)?
+    for (name, v) in [
+        ("presence_penalty", c.presence_penalty),
+        ("frequency_penalty", c.frequency_penalty),
+    ] {
+        if let Some(x) = number_in(name, v, -2.0, 2.0)?
             && x != 0.0
         {
             tracing::warn!(field = name, value = x, "not supported yet; ignored");
         }
     }
-    if let Some(v) = f.take("logit_bias") {
-        if !v.is_object() {
-            return Err(GatewayError::field("logit_bias", "must be an object"));
-        }
+    if c.logit_bias.is_some() {
         tracing::warn!(field = "logit_bias", "not supported yet; ignored");
     }
-    let stream = f.bool("stream")?.unwrap_or(false);
-    let include_usage = stream_options(&mut f)?;
-    let user = f.string("user")?;
+    let stream = c.stream.unwrap_or(false);
+    let include_usage = c
+        .stream_options
+        .and_then(|so| so.0.include_usage)
+        .unwrap_or(false);
 
     let mut echo = false;
     let mut add_generation_prompt = true;
-    match api {
-        Api::Completions => {
-            o.logprobs = f.int("logprobs", 0, MAX_LOGPROBS)?.map(|n| n as usize);
-            echo = f.bool("echo")?.unwrap_or(false);
+    match own {
+        Own::Completion(p) => {
+            o.logprobs = int_in("logprobs", p.logprobs, 0, MAX_LOGPROBS)?.map(|n| n as usize);
+            echo = p.echo.unwrap_or(false);
             o.prompt_logprobs = echo && o.logprobs.is_some();
-            if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
+            if p.suffix.is_some_and(|s| !s.is_empty()) {
                 return Err(GatewayError::field("suffix", "is not supported"));
             }
             if o.max_tokens == 0 && !echo {
@@ -166,162 +258,56 @@ pub fn parse_request(
                 ));
             }
         }
-        Api::Chat => {
-            let want = f.bool("logprobs")?.unwrap_or(false);
-            let top = f.int("top_logprobs", 0, MAX_LOGPROBS)?;
+        Own::Chat(ch) => {
+            let want = ch.logprobs.unwrap_or(false);
+            let top = int_in("top_logprobs", ch.top_logprobs, 0, MAX_LOGPROBS)?;
             if top.is_some() && !want {
                 return Err(GatewayError::field("top_logprobs", "needs logprobs = true"));
             }
             o.logprobs = want.then(|| top.unwrap_or(0) as usize);
-            add_generation_prompt = f.bool("add_generation_prompt")?.unwrap_or(true);
+            add_generation_prompt = ch.add_generation_prompt.unwrap_or(true);
             if o.max_tokens == 0 {
                 return Err(GatewayError::field("max_tokens", "must be at least 1"));
             }
         }
     }
-    for name in f.leftover() {
-        tracing::warn!(field = %name, "unknown field ignored");
-    }
     Ok(GenParams {
         api,
-        model,
+        model: c.model,
         input,
         options: o,
         stream,
         include_usage,
         echo,
         add_generation_prompt,
-        user,
+        user: c.user,
     })
 }
 
-fn only_one(field: &str) -> GatewayError {
-    GatewayError::field(field, "only 1 is supported")
-}
-
-fn stream_options(f: &mut Fields) -> Result<bool, GatewayError> {
-    let Some(v) = f.take("stream_options") else {
-        return Ok(false);
+/// `messages`: required, not empty, every message with a role.
+fn messages(ch: ChatMessages) -> Result<PromptInput, GatewayError> {
+    let Some(ms) = ch.messages else {
+        return Err(GatewayError::field("messages", "is required"));
     };
-    let Value::Object(m) = v else {
-        return Err(GatewayError::field("stream_options", "must be an object"));
-    };
-    let mut so = Fields::new(m);
-    let include = so
-        .bool("include_usage")
-        .map_err(|_| GatewayError::field("stream_options.include_usage", "must be a boolean"))?
-        .unwrap_or(false);
-    for name in so.leftover() {
-        tracing::warn!(field = %format!("stream_options.{name}"), "unknown field ignored");
-    }
-    Ok(include)
-}
-
-fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
-    items
-        .iter()
-        .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
-        .collect()
-}
-
-/// `prompt`: a string, a list of one string, token ids, or a list of one
-/// list of token ids.
-fn prompt(f: &mut Fields) -> Result<PromptInput, GatewayError> {
-    let bad = || {
-        GatewayError::field(
-            "prompt",
-            "must be a string, a list of one string, or a list of token ids",
-        )
-    };
-    let v = f
-        .take("prompt")
-        .ok_or_else(|| GatewayError::field("prompt", "is required"))?;
-    let input = match v {
-        Value::String(s) => PromptInput::Text(s),
-        Value::Array(items) if items.is_empty() => {
-            return Err(GatewayError::field("prompt", "must not be empty"));
-        }
-        Value::Array(items) => match &items[0] {
-            Value::String(_) | Value::Array(_) if items.len() > 1 => {
-                return Err(GatewayError::field(
-                    "prompt",
-                    "only one prompt per request is supported",
-                ));
-            }
-            Value::String(s) => PromptInput::Text(s.clone()),
-            Value::Array(ids) => PromptInput::Tokens(token_ids(ids).ok_or_else(bad)?),
-            Value::Number(_) => PromptInput::Tokens(token_ids(&items).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        },
-        _ => return Err(bad()),
-    };
-    if matches!(&input, PromptInput::Tokens(t) if t.is_empty()) {
-        return Err(GatewayError::field("prompt", "must not be empty"));
-    }
-    Ok(input)
-}
-
-/// `messages`: a non-empty list of `{role, content}`; content is a string,
-/// a list of `{"type": "text", "text"}` parts, or null.
-fn messages(f: &mut Fields) -> Result<PromptInput, GatewayError> {
-    let v = f
-        .take("messages")
-        .ok_or_else(|| GatewayError::field("messages", "is required"))?;
-    let Value::Array(items) = v else {
-        return Err(GatewayError::field(
-            "messages",
-            "must be a list of messages",
-        ));
-    };
-    if items.is_empty() {
+    if ms.0.is_empty() {
         return Err(GatewayError::field("messages", "must not be empty"));
     }
-    let mut out = Vec::with_capacity(items.len());
-    for (i, m) in items.into_iter().enumerate() {
-        let field = |k: &str| format!("messages[{i}].{k}");
-        let Value::Object(m) = m else {
-            return Err(GatewayError::field(
-                format!("messages[{i}]"),
-                "must be an object",
-            ));
-        };
-        let role = match m.get("role") {
-            Some(Value::String(r)) if !r.is_empty() => r.clone(),
-            _ => {
+    ms.0.into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Some(role) = m.role else {
                 return Err(GatewayError::field(
-                    field("role"),
-                    "must be a non-empty string",
+                    format!("messages[{i}].role"),
+                    body::ROLE,
                 ));
-            }
-        };
-        let content = match m.get("content") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                let mut text = String::new();
-                for (k, p) in parts.iter().enumerate() {
-                    match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                        _ => {
-                            return Err(GatewayError::field(
-                                format!("messages[{i}].content[{k}]"),
-                                "only {\"type\": \"text\", \"text\": ...} parts are supported",
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-            Some(_) => {
-                return Err(GatewayError::field(
-                    field("content"),
-                    "must be a string or a list of text parts",
-                ));
-            }
-        };
-        out.push(ChatMessage { role, content });
-    }
-    Ok(PromptInput::Messages(out))
+            };
+            Ok(ChatMessage {
+                role,
+                content: m.content.map(|c| c.0).unwrap_or_default(),
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(PromptInput::Messages)
 }
 
 #[cfg(test)]
@@ -452,5 +438,86 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.options.max_tokens, 100);
+    }
+
+    fn unknown_of(api: Api, body: &str) -> Vec<String> {
+        let value = serde_json::from_str(body).unwrap();
+        let mut names = super::parse(api, value, 100).unwrap().1;
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unknown_fields_are_named_as_the_api_names_them() {
+        assert_eq!(
+            unknown_of(
+                Api::Completions,
+                r#"{"prompt": "x", "max_tokens": 2, "guided_json": {"a": 1}, "null_field": null,
+                    "stream_options": {"include_usage": true, "extra": 1}, "messages": []}"#
+            ),
+            [
+                "guided_json",
+                "messages",
+                "null_field",
+                "stream_options.extra"
+            ]
+        );
+        assert_eq!(
+            unknown_of(
+                Api::Chat,
+                r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "x": 1}]},
+                                 {"role": "user", "content": "b", "name": "bob"}],
+                    "echo": true, "top_p": 0.5, "logprobs": false}"#
+            ),
+            ["echo", "messages[1].name"]
+        );
+        assert!(unknown_of(Api::Chat, r#"{"messages": [{"role": "u"}], "n": 1}"#).is_empty());
+    }
+
+    #[test]
+    fn nested_errors_name_the_path() {
+        for (body, field, message) in [
+            (
+                r#"{"messages": [{"role": "u", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]}]}"#,
+                "messages[0].content[1]",
+                "only {\"type\": \"text\", \"text\": ...} parts are supported",
+            ),
+            (
+                r#"{"messages": [{"role": "u"}, {"role": 5}]}"#,
+                "messages[1].role",
+                "must be a non-empty string",
+            ),
+            (
+                r#"{"messages": [{"role": "u"}, {"content": "x"}]}"#,
+                "messages[1].role",
+                "must be a non-empty string",
+            ),
+            (
+                r#"{"messages": [{"role": "u"}, ["user", "x"]]}"#,
+                "messages[1]",
+                "must be an object",
+            ),
+            (
+                r#"{"messages": [{"role": "u"}], "stream_options": []}"#,
+                "stream_options",
+                "must be an object",
+            ),
+            (
+                r#"{"messages": [{"role": "u"}], "stop": ["a", 1]}"#,
+                "stop",
+                "must be a string or a list of strings, not a number",
+            ),
+        ] {
+            let e = parse(Api::Chat, body).unwrap_err();
+            assert_eq!(field_of(e.clone()), field, "{body}");
+            assert_eq!(e.to_string(), format!("`{field}`: {message}"), "{body}");
+        }
+        // A chat body sent to /v1/completions is told about the prompt.
+        let e = parse(
+            Api::Completions,
+            r#"{"messages": [{"role": "u"}], "logprobs": true}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "`prompt`: is required");
     }
 }

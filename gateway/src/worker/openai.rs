@@ -15,6 +15,8 @@ use cake_engine::worker::{Classification, LoadReport, TokenEvent, Usage, WorkEve
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use http::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::client::{HttpClient, lines};
@@ -75,6 +77,52 @@ fn upstream_body(model: &str, req: &WorkRequest) -> Value {
     b
 }
 
+/// Reads a field as `T`, or as absent when it has another shape: an
+/// upstream's odd field is skipped, as it was when chunks were indexed as
+/// untyped JSON.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(T::deserialize(v).ok())
+}
+
+/// One streamed `/v1/completions` chunk upstream; only what is read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Chunk {
+    #[serde(deserialize_with = "lenient")]
+    choices: Option<Vec<Choice>>,
+    #[serde(deserialize_with = "lenient")]
+    usage: Option<UpstreamUsage>,
+    error: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Choice {
+    #[serde(deserialize_with = "lenient")]
+    text: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+struct UpstreamUsage {
+    #[serde(deserialize_with = "lenient")]
+    prompt_tokens: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    completion_tokens: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+struct PromptDetails {
+    #[serde(deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
+}
+
 /// Turns upstream SSE lines into work events.
 struct Translate {
     worker: String,
@@ -83,22 +131,22 @@ struct Translate {
     tokens: usize,
     prompt_tokens: usize,
     finish: Option<String>,
-    usage: Option<Value>,
+    usage: Option<UpstreamUsage>,
     done: bool,
 }
 
 impl Translate {
     fn done_event(&mut self) -> WorkEvent {
         self.done = true;
-        let u = self.usage.take().unwrap_or(Value::Null);
-        let num = |v: &Value| v.as_u64().map(|x| x as usize);
-        let prompt_tokens = num(&u["prompt_tokens"]).unwrap_or(self.prompt_tokens);
-        let cached = num(&u["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0);
+        let u = self.usage.take().unwrap_or_default();
+        let num = |v: Option<u64>| v.map(|x| x as usize);
+        let prompt_tokens = num(u.prompt_tokens).unwrap_or(self.prompt_tokens);
+        let cached = num(u.prompt_tokens_details.and_then(|d| d.cached_tokens)).unwrap_or(0);
         WorkEvent::Done {
             finish_reason: self.finish.take().unwrap_or_else(|| "stop".into()),
             usage: Usage {
                 prompt_tokens,
-                completion_tokens: num(&u["completion_tokens"]).unwrap_or(self.tokens),
+                completion_tokens: num(u.completion_tokens).unwrap_or(self.tokens),
                 cached_tokens: cached,
                 loaded_tokens: cached,
                 computed_tokens: prompt_tokens.saturating_sub(cached),
@@ -124,29 +172,29 @@ impl Translate {
                 vec![self.done_event()]
             });
         }
-        let v: Value = serde_json::from_str(data)
+        let chunk: Chunk = serde_json::from_str(data)
             .map_err(|e| WorkerError::Internal(format!("bad upstream chunk: {e}: {data}")))?;
-        if let Some(err) = v.get("error") {
+        if let Some(err) = chunk.error {
             return Err(WorkerError::Internal(format!("upstream error: {err}")));
         }
-        if v.get("usage").is_some_and(|u| !u.is_null()) {
-            self.usage = v.get("usage").cloned();
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
         }
         let mut out = Vec::new();
-        if let Some(choice) = v["choices"].as_array().and_then(|c| c.first()) {
-            let text = choice["text"].as_str().unwrap_or_default();
+        if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
+            let text = choice.text.unwrap_or_default();
             if !text.is_empty() {
                 self.ttft_ms
                     .get_or_insert_with(|| self.started.elapsed().as_secs_f64() * 1e3);
                 self.tokens += 1;
                 out.push(WorkEvent::Token(TokenEvent {
                     token: 0,
-                    text: text.to_string(),
+                    text,
                     logprob: None,
                 }));
             }
-            if let Some(f) = choice["finish_reason"].as_str() {
-                self.finish = Some(f.to_string());
+            if let Some(f) = choice.finish_reason {
+                self.finish = Some(f);
             }
         }
         Ok(out)
@@ -239,5 +287,108 @@ impl Worker for OpenAiWorker {
     fn health(&self) -> BoxFuture<'static, Result<(), WorkerError>> {
         let http = self.http.clone();
         async move { http.send(Method::GET, "/health", None).await.map(|_| ()) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate() -> Translate {
+        Translate {
+            worker: "up".into(),
+            started: Instant::now(),
+            ttft_ms: None,
+            tokens: 0,
+            prompt_tokens: 5,
+            finish: None,
+            usage: None,
+            done: false,
+        }
+    }
+
+    fn texts(evs: &[WorkEvent]) -> Vec<&str> {
+        evs.iter()
+            .filter_map(|e| match e {
+                WorkEvent::Token(t) => Some(t.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_become_tokens_and_usage() {
+        let mut t = translate();
+        let a = t
+            .line(r#"data: {"choices": [{"text": "ab", "finish_reason": null}]}"#)
+            .unwrap();
+        assert_eq!(texts(&a), ["ab"]);
+        // Odd shapes are skipped, not errors.
+        assert!(
+            t.line(r#"data: {"choices": 3, "usage": null}"#)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            t.line(r#"data: {"choices": [{"text": 7}]}"#)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(t.line(": keep-alive").unwrap().is_empty());
+        let b = t
+            .line(r#"data: {"choices": [{"text": "c", "finish_reason": "length"}]}"#)
+            .unwrap();
+        assert_eq!(texts(&b), ["c"]);
+        t.line(
+            r#"data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4}}}"#,
+        )
+        .unwrap();
+        let done = t.line("data: [DONE]").unwrap();
+        let [
+            WorkEvent::Done {
+                finish_reason,
+                usage,
+            },
+        ] = &done[..]
+        else {
+            panic!("{done:?}");
+        };
+        assert_eq!(finish_reason, "length");
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens
+            ),
+            (9, 2, 4)
+        );
+        assert_eq!((usage.computed_tokens, usage.worker.as_str()), (5, "up"));
+        assert!(t.line("data: [DONE]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_usage_the_counts_are_the_streams() {
+        let mut t = translate();
+        t.line(r#"data: {"choices": [{"text": "a"}]}"#).unwrap();
+        let done = t.line("data: [DONE]").unwrap();
+        let [
+            WorkEvent::Done {
+                finish_reason,
+                usage,
+            },
+        ] = &done[..]
+        else {
+            panic!("{done:?}");
+        };
+        assert_eq!(finish_reason, "stop");
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 1));
+    }
+
+    #[test]
+    fn upstream_errors_and_garbage_are_errors() {
+        let mut t = translate();
+        assert!(t.line(r#"data: {"error": {"message": "boom"}}"#).is_err());
+        assert!(t.line("data: {not json").is_err());
     }
 }
