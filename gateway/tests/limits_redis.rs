@@ -3,7 +3,9 @@
 //! when Redis dies. Needs `redis-server` (skipped with a message when there
 //! is none, unless CAKE_REQUIRE_REDIS=1).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::common::*;
 use cake_engine::kv::LocalRedis;

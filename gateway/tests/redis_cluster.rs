@@ -4,7 +4,9 @@
 //! and redis-cli (skipped with a message when missing, unless
 //! CAKE_REQUIRE_REDIS=1).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::common::*;
 use cake_engine::kv::LocalRedisCluster;

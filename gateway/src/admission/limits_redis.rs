@@ -31,7 +31,9 @@
 use parking_lot::Mutex;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cake_engine::kv::DownWindow;
 use cake_policy::{LimitKind, Limited, TenantLimits};

@@ -16,7 +16,9 @@ pub(crate) mod sha256;
 mod tenants;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use cake_policy::{Decision, Refusal, Share, ShedInput, TenantPolicy, decide};

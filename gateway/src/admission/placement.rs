@@ -6,7 +6,9 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cake_engine::worker::LoadReport;
 use cake_policy::{
@@ -227,11 +229,11 @@ impl Placement {
             if as_of.is_some() && p.seen[i] != as_of {
                 p.seen[i] = as_of;
                 if let Some(t) = as_of {
-                    p.ledger.on_report(i, t);
+                    p.ledger.on_report(i, t.into_std());
                 }
             }
         }
-        p.ledger.prune(now);
+        p.ledger.prune(now.into_std());
         slots
             .iter()
             .enumerate()
@@ -317,7 +319,8 @@ impl Placement {
         }
         p.next_id += 1;
         let id = p.next_id;
-        p.ledger.dispatch(id, worker, prediction.work(), now);
+        p.ledger
+            .dispatch(id, worker, prediction.work(), now.into_std());
         p.reserved[worker] += 1;
         // The worker keeps the prompt's chunks in its own tiers as it
         // computes or loads them.

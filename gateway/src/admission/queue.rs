@@ -8,7 +8,9 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cake_policy::{FairQueue, QueueFull, Share, SlotMeter};
 use tokio::sync::oneshot;
@@ -97,7 +99,7 @@ impl SlotGuard {
     /// A slot granted now, counted open in the meter (under the sched lock).
     fn new(slots: &Arc<DispatchSlots>, s: &mut Sched, cost: u64) -> SlotGuard {
         let since = Instant::now();
-        s.meter.opened(cost, since);
+        s.meter.opened(cost, since.into_std());
         SlotGuard {
             slots: slots.clone(),
             armed: true,
@@ -111,7 +113,7 @@ impl SlotGuard {
     fn disarm(&mut self, s: &mut Sched) {
         self.armed = false;
         s.running -= 1;
-        s.meter.closed(self.cost, self.since);
+        s.meter.closed(self.cost, self.since.into_std());
     }
 }
 
@@ -122,9 +124,13 @@ impl Drop for SlotGuard {
             let cap = self.slots.capacity(&s);
             let saturated = s.running >= cap || !s.queue.is_empty();
             s.running = s.running.saturating_sub(1);
-            s.meter.closed(self.cost, self.since);
-            s.meter
-                .record(self.cost, self.since.elapsed(), Instant::now(), saturated);
+            s.meter.closed(self.cost, self.since.into_std());
+            s.meter.record(
+                self.cost,
+                self.since.elapsed(),
+                Instant::now().into_std(),
+                saturated,
+            );
             self.slots.pump_locked(&mut s);
         }
     }
@@ -199,7 +205,7 @@ impl DispatchSlots {
         let ahead = s.queue.work_ahead(&tenant.to_string(), share, cost);
         let measured = s
             .meter
-            .queue_wait(ahead, cap, Instant::now())
+            .queue_wait(ahead, cap, Instant::now().into_std())
             .unwrap_or_else(|| cake_policy::queue_wait(ahead, fallback_rate));
         Wait {
             queue: s.meter.calibrate(measured),
@@ -260,7 +266,7 @@ impl DispatchSlots {
                     queued: Instant::now(),
                     predicted,
                 },
-                Some(deadline),
+                Some(deadline.into_std()),
             )
             .map_err(|e| QueueFull {
                 bound: e.bound,
@@ -281,12 +287,12 @@ impl DispatchSlots {
         let now = Instant::now();
         // Dropping an expired waiter's sender tells it at once; its wait,
         // the deadline, is the worst case the calibration must see.
-        for (_, w) in s.queue.remove_expired(now) {
+        for (_, w) in s.queue.remove_expired(now.into_std()) {
             s.meter.waited(w.predicted, now - w.queued);
         }
         let cap = self.capacity(s);
         while s.running < cap {
-            let Some((_, w)) = s.queue.pop(now) else {
+            let Some((_, w)) = s.queue.pop(now.into_std()) else {
                 break;
             };
             s.meter.waited(w.predicted, now - w.queued);

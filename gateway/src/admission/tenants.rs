@@ -12,7 +12,7 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use cake_policy::{Refusal, TenantLimiter, TenantPolicy};
 
@@ -72,7 +72,7 @@ impl TenantEntry {
     /// shared rate limits this awaits Redis, at most
     /// `policy.limits_redis_timeout_ms`.
     pub async fn admit(&self, now: Instant, prompt_tokens: u64) -> Result<TenantPermit, Refusal> {
-        self.limiter.lock().check(now, prompt_tokens)?;
+        self.limiter.lock().check(now.into_std(), prompt_tokens)?;
         // From here a refusal drops the permit, giving the slot back.
         let permit = TenantPermit {
             limiter: self.limiter.clone(),
@@ -86,7 +86,7 @@ impl TenantEntry {
             Ok(Err(limited)) => Err(limited.into()),
             Err(_) => {
                 let mut f = s.fallback.lock();
-                f.check(now, prompt_tokens)?;
+                f.check(now.into_std(), prompt_tokens)?;
                 // The stand-in counts no concurrency.
                 f.release();
                 Ok(permit)

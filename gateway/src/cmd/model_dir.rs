@@ -92,7 +92,7 @@ pub fn load_bench_model_on(
         Some(d) => d.to_path_buf(),
         None => ensure_preset_layers(&opts.preset, seed, opts.layers, data_dir)?,
     };
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let m = Model::load_with(&dir, device, opts.weights)
         .with_context(|| format!("loading {}", dir.display()))?;
     if !device.is_cpu() {

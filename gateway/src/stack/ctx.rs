@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use cake_engine::Tokenizer;
 use cake_engine::worker::RequestClass;

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cake_engine::TokenLogprob;
 use cake_engine::worker::{TokenEvent, Usage, WorkEvent, WorkRequest};

@@ -4,7 +4,7 @@
 //! ([`super::dispatch`]) and the streaming one ([`super::stream`]); the
 //! worker's events themselves are read with [`crate::worker::next_event`].
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use cake_engine::worker::Usage;
 

@@ -35,7 +35,7 @@ pub fn parsed(body: &str) -> Parsed {
     Parsed {
         rid: RequestId {
             id: "t".into(),
-            received: std::time::Instant::now(),
+            received: tokio::time::Instant::now(),
             meta: Arc::new(RequestMeta::default()),
         },
         tenant: Tenant::default_tenant(),

@@ -105,7 +105,7 @@ where
         .cloned()
         .unwrap_or_else(|| RequestId {
             id: "internal".into(),
-            received: std::time::Instant::now(),
+            received: tokio::time::Instant::now(),
             meta: Arc::new(RequestMeta::default()),
         });
     let tenant = parts
@@ -219,7 +219,7 @@ mod tests {
         req.extensions_mut().insert(tenant);
         req.extensions_mut().insert(RequestId {
             id: "r-1".into(),
-            received: std::time::Instant::now(),
+            received: tokio::time::Instant::now(),
             meta: Arc::new(RequestMeta::default()),
         });
         let p = call(1 << 10, req).await.unwrap();

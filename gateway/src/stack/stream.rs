@@ -5,7 +5,7 @@
 //! the worker's event stream, which cancels the work there.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use cake_engine::worker::WorkEvent;

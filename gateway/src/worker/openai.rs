@@ -9,7 +9,9 @@
 //! per-token log-probabilities are not passed through.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cake_engine::worker::{Classification, LoadReport, TokenEvent, Usage, WorkEvent, WorkRequest};
 use futures::future::BoxFuture;
