@@ -468,3 +468,6 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
