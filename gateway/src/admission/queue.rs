@@ -306,3 +306,152 @@ impl DispatchSlots {
         tm::queue_waiting(s.queue.len(), s.running);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+    use crate::worker::{MockOptions, MockWorker, WorkerError, WorkerSlot};
+
+    fn slots(workers: usize, p: &PolicyConfig) -> (Arc<WorkerPool>, Arc<DispatchSlots>) {
+        let ws = (0..workers)
+            .map(|i| {
+                WorkerSlot::new(
+                    Arc::new(MockWorker::new(&format!("w{i}"), MockOptions::default())),
+                    Duration::from_secs(5),
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        let pool = Arc::new(WorkerPool::new(ws, 1));
+        (pool.clone(), Arc::new(DispatchSlots::new(p, pool)))
+    }
+
+    fn policy(per_worker: u32) -> PolicyConfig {
+        PolicyConfig {
+            max_in_flight_per_worker: per_worker,
+            priority_headroom: 0,
+            ..PolicyConfig::default()
+        }
+    }
+
+    const PLAIN: Share = Share {
+        priority: 0,
+        weight: 1,
+    };
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    type Rx = oneshot::Receiver<SlotGuard>;
+
+    fn enqueue(d: &Arc<DispatchSlots>, tenant: &str, share: Share) -> Rx {
+        d.enqueue(tenant, share, 10, far(), Duration::ZERO).unwrap()
+    }
+
+    /// Slots are per healthy worker: with two workers of one slot each two
+    /// requests get theirs at once, a third waits; a worker going down
+    /// takes its slot away; a slot given back serves the waiter.
+    #[tokio::test]
+    async fn slots_follow_the_healthy_workers_and_serve_the_next_waiter() {
+        let (pool, d) = slots(2, &policy(1));
+        let a = enqueue(&d, "t", PLAIN).try_recv().unwrap();
+        let b = enqueue(&d, "t", PLAIN).try_recv().unwrap();
+        let mut c = enqueue(&d, "t", PLAIN);
+        assert_eq!(c.try_recv().err(), Some(TryRecvError::Empty));
+        drop(a);
+        let c = c.try_recv().unwrap();
+
+        pool.failure(&pool.slots()[1], &WorkerError::Unreachable("test".into()));
+        drop(b);
+        let mut e = enqueue(&d, "t", PLAIN);
+        assert_eq!(
+            e.try_recv().err(),
+            Some(TryRecvError::Empty),
+            "one worker up: one slot, held by c"
+        );
+        drop(c);
+        assert!(e.try_recv().is_ok());
+    }
+
+    /// Waiters are served by priority, then fairly by tenant; a waiter
+    /// who left does not keep the slot it was given.
+    #[tokio::test]
+    async fn waiters_are_served_by_priority_and_a_gone_one_is_passed_over() {
+        let (_pool, d) = slots(1, &policy(1));
+        let held = enqueue(&d, "a", PLAIN).try_recv().unwrap();
+        let mut low = enqueue(&d, "a", PLAIN);
+        let gone = enqueue(
+            &d,
+            "b",
+            Share {
+                priority: 2,
+                weight: 1,
+            },
+        );
+        let mut high = enqueue(
+            &d,
+            "c",
+            Share {
+                priority: 1,
+                weight: 1,
+            },
+        );
+        drop(gone);
+        drop(held);
+        // The highest priority left; its slot given back at once, the
+        // next one is served.
+        let high = high.try_recv().unwrap();
+        assert_eq!(low.try_recv().err(), Some(TryRecvError::Empty));
+        drop(high);
+        assert!(low.try_recv().is_ok());
+    }
+
+    /// A waiter whose deadline passes is refused (its receiver fails) the
+    /// next time the queue is pumped; a full queue refuses at once.
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_and_bounds_refuse() {
+        let p = PolicyConfig {
+            queue_total: 1,
+            ..policy(1)
+        };
+        let (_pool, d) = slots(1, &p);
+        let _held = enqueue(&d, "a", PLAIN).try_recv().unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        let mut late = d.enqueue("a", PLAIN, 10, soon, Duration::ZERO).unwrap();
+        let full = d.enqueue("b", PLAIN, 10, far(), Duration::ZERO);
+        assert!(full.is_err(), "queue_total = 1");
+        tokio::time::advance(Duration::from_millis(50)).await;
+        d.pump();
+        assert_eq!(late.try_recv().err(), Some(TryRecvError::Empty));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        d.pump();
+        assert_eq!(late.try_recv().err(), Some(TryRecvError::Closed));
+        assert!(d.enqueue("b", PLAIN, 10, far(), Duration::ZERO).is_ok());
+    }
+
+    /// With the slots full, a priority tenant with no one of its level
+    /// ahead takes a headroom slot at once; a plain one waits.
+    #[tokio::test]
+    async fn priority_headroom_is_taken_at_once() {
+        let p = PolicyConfig {
+            priority_headroom: 1,
+            ..policy(1)
+        };
+        let (_pool, d) = slots(1, &p);
+        let _held = enqueue(&d, "a", PLAIN).try_recv().unwrap();
+        let mut plain = enqueue(&d, "a", PLAIN);
+        assert_eq!(plain.try_recv().err(), Some(TryRecvError::Empty));
+        let vip = Share {
+            priority: 1,
+            weight: 1,
+        };
+        assert!(enqueue(&d, "v", vip).try_recv().is_ok());
+        assert_eq!(plain.try_recv().err(), Some(TryRecvError::Empty));
+    }
+}

@@ -191,3 +191,80 @@ impl WorkerPool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::worker::{MockOptions, MockWorker};
+
+    fn pool(n: usize, down_after: u32) -> (Vec<MockWorker>, Arc<WorkerPool>) {
+        let mocks: Vec<MockWorker> = (0..n)
+            .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
+            .collect();
+        let slots = mocks
+            .iter()
+            .map(|m| {
+                WorkerSlot::new(
+                    Arc::new(m.clone()),
+                    Duration::from_secs(5),
+                    Duration::from_secs(60),
+                )
+            })
+            .collect();
+        (mocks, Arc::new(WorkerPool::new(slots, down_after)))
+    }
+
+    /// A worker goes down after `down_after_failures` failures in a row
+    /// (an answer between them starts the count again) and comes back
+    /// with the next answer.
+    #[test]
+    fn down_after_failures_in_a_row_and_back_with_an_answer() {
+        let (_m, p) = pool(2, 3);
+        let (w0, why) = (&p.slots()[0], WorkerError::Unreachable("test".into()));
+        p.failure(w0, &why);
+        p.failure(w0, &why);
+        p.success(w0);
+        p.failure(w0, &why);
+        p.failure(w0, &why);
+        assert_eq!(p.healthy(), 2, "the answer started the count again");
+        p.failure(w0, &why);
+        assert!(!w0.is_up());
+        assert_eq!(p.healthy(), 1);
+        p.success(w0);
+        assert_eq!(p.healthy(), 2);
+    }
+
+    /// The health checks mark a failing worker down and an answering one
+    /// up, and take its load report with the time it was asked.
+    #[tokio::test]
+    async fn checks_follow_health_and_take_load_reports() {
+        let (m, p) = pool(2, 1);
+        assert!(p.slots()[0].load_as_of().is_none());
+        m[1].set_healthy(false);
+        p.check_all().await;
+        assert!(p.slots()[0].is_up() && !p.slots()[1].is_up());
+        assert!(p.slots()[0].load_as_of().is_some());
+        assert!(
+            p.slots()[1].load_as_of().is_none(),
+            "no load from a down worker"
+        );
+        m[1].set_healthy(true);
+        p.check_all().await;
+        assert_eq!(p.healthy(), 2);
+    }
+
+    /// The presence lookup asks the first healthy worker; with none up
+    /// it is `None` (the request is fresh), never an error.
+    #[tokio::test]
+    async fn classify_asks_a_healthy_worker_or_says_nothing() {
+        let (m, p) = pool(2, 1);
+        let prompt: Vec<u32> = (0..40).collect();
+        m[1].store_prompt(&prompt, "g");
+        p.failure(&p.slots()[0], &WorkerError::Unreachable("test".into()));
+        let c = p.classify(&prompt, "g").await.unwrap();
+        assert_eq!(c.cached_tokens, 32, "worker 1 answered");
+        p.failure(&p.slots()[1], &WorkerError::Unreachable("test".into()));
+        assert!(p.classify(&prompt, "g").await.is_none());
+    }
+}
