@@ -4,7 +4,9 @@
 //! redis-server, unless CAKE_REQUIRE_REDIS=1.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not request paths
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::kv_support::prompt;
 use cake_engine::kv::{

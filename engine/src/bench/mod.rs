@@ -1,5 +1,8 @@
 //! Benchmark programs behind `cake bench`: each returns a serialisable
 //! report; the `cake` binary prints it and writes `--json`.
+
+// Benchmarks measure wall time (engine/clippy.toml).
+#![allow(clippy::disallowed_types)]
 mod common;
 pub mod decode;
 pub mod mixed;

@@ -2,6 +2,9 @@
 //! `cake bench store --tier redis` without `--redis-url`. Nothing is
 //! persisted (`--save '' --appendonly no`); the server is killed on drop.
 
+// Waits for a real redis-server process (engine/clippy.toml).
+#![allow(clippy::disallowed_types)]
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
