@@ -242,7 +242,7 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>, keep_text: bool
         Err(_) => return Sent::failed(Outcome::Transport),
     };
     let status = resp.status();
-    let mut body = resp.into_body();
+    let body = resp.into_body();
     if !status.is_success() {
         // Read the (small) error body so the connection can be reused.
         let _ = body.collect().await;
@@ -254,21 +254,11 @@ pub(crate) async fn send(http: &Http, req: Request<Full<Bytes>>, keep_text: bool
         SseReader::default()
     };
     let mut first_token = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Sent::failed(Outcome::Transport);
-        };
-        if let Some(data) = frame.data_ref() {
-            if reader.feed(data) > 0 && first_token.is_none() {
-                first_token = Some(Instant::now());
-            }
-            if reader.state.done {
-                break;
-            }
-        }
-    }
-    if reader.finish() > 0 && first_token.is_none() {
-        first_token = Some(Instant::now());
+    let read = reader.read(body.into_data_stream(), || {
+        first_token.get_or_insert_with(Instant::now);
+    });
+    if read.await.is_err() {
+        return Sent::failed(Outcome::Transport);
     }
     let s = reader.state;
     let completion = clamp(s.completion_tokens.unwrap_or(u64::from(s.token_events)));

@@ -251,20 +251,20 @@ mod tests {
             r#"{"model":"m","prompt":"a b c","max_tokens":10,"stream":true,"stream_options":{"include_usage":true}}"#,
         );
         let mut r = crate::sse::SseReader::default();
-        assert_eq!(r.feed(s.as_bytes()), 3);
+        assert_eq!(r.read_all(&[s.as_bytes()]), 3);
         assert!(r.state.done);
         assert_eq!(r.state.prompt_tokens, Some(3));
         assert_eq!(r.state.completion_tokens, Some(3));
         let s = sse_body(true, r#"{"messages":[],"max_tokens":2,"stream":true}"#);
         let mut r = crate::sse::SseReader::default();
-        assert_eq!(r.feed(s.as_bytes()), 2);
+        assert_eq!(r.read_all(&[s.as_bytes()]), 2);
         assert_eq!(r.state.completion_tokens, None);
         let s = sse_body(
             true,
             r#"{"messages":[{"role":"user","content":"a b"},{"role":"assistant","content":" x"}],"stream":true,"stream_options":{"include_usage":true}}"#,
         );
         let mut r = crate::sse::SseReader::default();
-        r.feed(s.as_bytes());
+        r.read_all(&[s.as_bytes()]);
         assert_eq!(r.state.prompt_tokens, Some(3));
     }
 

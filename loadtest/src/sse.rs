@@ -1,4 +1,6 @@
-//! Reading an OpenAI-style stream: `data: {json}` lines, `data: [DONE]` last.
+//! Reading an OpenAI-style stream: `data: {json}` events, `data: [DONE]`
+//! last. The SSE framing (split chunks, CRLF, comments, multi-line data)
+//! is `eventsource-stream`'s; this reads each event's data.
 //!
 //! Only standard fields are read: `choices[].text` (completions) or
 //! `choices[].delta.content` (chat) for tokens, `usage` for token counts
@@ -9,6 +11,9 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
@@ -95,10 +100,9 @@ pub(crate) struct StreamState {
     pub error: bool,
 }
 
-/// Incremental SSE reader: feed it body frames as they come.
+/// Reads a stream's events into [`StreamState`].
 #[derive(Debug, Default)]
 pub(crate) struct SseReader {
-    buf: Vec<u8>,
     /// What has been read.
     pub state: StreamState,
 }
@@ -108,7 +112,6 @@ impl SseReader {
     /// to the next request); others skip the copy.
     pub(crate) fn keeping_text() -> Self {
         SseReader {
-            buf: Vec::new(),
             state: StreamState {
                 text: Some(String::new()),
                 ..StreamState::default()
@@ -116,45 +119,63 @@ impl SseReader {
         }
     }
 
-    /// Consumes a body frame; returns how many token-bearing events it
-    /// completed (so the caller can stamp the first token's time).
-    pub(crate) fn feed(&mut self, data: &[u8]) -> u32 {
-        let before = self.state.token_events;
-        self.buf.extend_from_slice(data);
-        let mut consumed = 0;
-        while let Some(nl) = self.buf[consumed..].iter().position(|&b| b == b'\n') {
-            let end = consumed + nl;
-            let line = &self.buf[consumed..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            Self::line(&mut self.state, line);
-            consumed = end + 1;
+    /// Reads a body's events until `[DONE]`, an error or the end (a last
+    /// event without its blank line counts), calling `on_token` as each
+    /// token-bearing event completes (so the caller can stamp the first
+    /// token's time). A stream that is not UTF-8 or SSE is a stream error
+    /// in the state; `Err` when the body itself broke.
+    pub(crate) async fn read<S, E>(&mut self, body: S, mut on_token: impl FnMut()) -> Result<(), E>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+    {
+        let end = futures::stream::iter([Ok(Bytes::from_static(b"\n\n"))]);
+        let mut events = std::pin::pin!(body.chain(end).eventsource());
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) => {
+                    if Self::data(&mut self.state, ev.data.as_bytes()) {
+                        on_token();
+                    }
+                    if self.state.done {
+                        break;
+                    }
+                }
+                Err(EventStreamError::Transport(e)) => return Err(e),
+                Err(EventStreamError::Utf8(_) | EventStreamError::Parser(_)) => {
+                    self.state.error = true;
+                    break;
+                }
+            }
         }
-        self.buf.drain(..consumed);
-        self.state.token_events - before
+        Ok(())
     }
 
-    /// Call at the end of the body: a last line without a newline counts.
-    pub(crate) fn finish(&mut self) -> u32 {
-        let before = self.state.token_events;
-        if !self.buf.is_empty() {
-            let line = std::mem::take(&mut self.buf);
-            Self::line(&mut self.state, &line);
-        }
-        self.state.token_events - before
+    /// Reads a whole body given as chunks; the count of token-bearing
+    /// events.
+    #[cfg(test)]
+    pub(crate) fn read_all(&mut self, chunks: &[&[u8]]) -> u32 {
+        let body = futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut n = 0;
+        let r = futures::executor::block_on(self.read(body, || n += 1));
+        assert!(r.is_ok());
+        n
     }
 
-    fn line(state: &mut StreamState, line: &[u8]) {
-        let Some(payload) = line.strip_prefix(b"data:") else {
-            return; // blank separators, `event:`, `id:`, `:` comments
-        };
+    /// One event's data; whether it carried a token.
+    fn data(state: &mut StreamState, payload: &[u8]) -> bool {
         let payload = payload.trim_ascii();
         if payload == b"[DONE]" {
             state.done = true;
-            return;
+            return false;
         }
         let Ok(msg) = serde_json::from_slice::<ChunkMsg<'_>>(payload) else {
             state.error = true;
-            return;
+            return false;
         };
         if msg.error.is_some() {
             state.error = true;
@@ -186,6 +207,7 @@ impl SseReader {
                 state.shared_tokens = cake.shared_tokens.or(state.shared_tokens);
             }
         }
+        has_token
     }
 }
 
@@ -206,7 +228,7 @@ mod tests {
         .as_bytes();
         for split in 0..body.len() {
             let mut r = SseReader::default();
-            let n = r.feed(&body[..split]) + r.feed(&body[split..]) + r.finish();
+            let n = r.read_all(&[&body[..split], &body[split..]]);
             assert_eq!(n, 2, "split at {split}");
             assert_eq!(r.state.completion_tokens, Some(2));
             assert_eq!(r.state.prompt_tokens, Some(7));
@@ -218,13 +240,11 @@ mod tests {
     #[test]
     fn chat_role_only_chunk_is_not_a_token() {
         let mut r = SseReader::default();
-        let n = r.feed(
+        let n = r.read_all(&[
             b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
-        );
-        assert_eq!(n, 0);
-        let n = r.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]");
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]",
+        ]);
         assert_eq!(n, 1);
-        r.finish();
         assert!(r.state.done);
         assert_eq!(r.state.class, None);
     }
@@ -232,18 +252,16 @@ mod tests {
     #[test]
     fn reuse_fields_and_text_are_read() {
         let mut r = SseReader::keeping_text();
-        r.feed(
-            concat!(
-                "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
-                "data: {\"choices\":[{\"delta\":{\"content\":\"lo \\\"x\\\"\"}}]}\n\n",
-                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":2,",
-                "\"total_tokens\":102,\"prompt_tokens_details\":{\"cached_tokens\":64},",
-                "\"cake\":{\"class\":\"cached\",\"loaded_tokens\":48,\"computed_tokens\":36,",
-                "\"shared_tokens\":16,\"ttft_ms\":12.5,\"worker\":\"w0\"}}}\n\n",
-                "data: [DONE]\n\n"
-            )
-            .as_bytes(),
-        );
+        r.read_all(&[concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"lo \\\"x\\\"\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":2,",
+            "\"total_tokens\":102,\"prompt_tokens_details\":{\"cached_tokens\":64},",
+            "\"cake\":{\"class\":\"cached\",\"loaded_tokens\":48,\"computed_tokens\":36,",
+            "\"shared_tokens\":16,\"ttft_ms\":12.5,\"worker\":\"w0\"}}}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes()]);
         let s = &r.state;
         assert_eq!(s.text.as_deref(), Some("Hello \"x\""));
         assert_eq!(
@@ -264,15 +282,13 @@ mod tests {
     #[test]
     fn odd_usage_fields_never_fail_the_request() {
         let mut r = SseReader::default();
-        r.feed(
-            concat!(
-                "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":\"many\",",
-                "\"completion_tokens\":1,\"prompt_tokens_details\":null,",
-                "\"cake\":{\"computed_tokens\":-3,\"class\":7}}}\n",
-                "data: {\"choices\":[],\"usage\":\"none\"}\n",
-            )
-            .as_bytes(),
-        );
+        r.read_all(&[concat!(
+            "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":\"many\",",
+            "\"completion_tokens\":1,\"prompt_tokens_details\":null,",
+            "\"cake\":{\"computed_tokens\":-3,\"class\":7}}}\n\n",
+            "data: {\"choices\":[],\"usage\":\"none\"}\n\n",
+        )
+        .as_bytes()]);
         let s = &r.state;
         assert!(!s.error);
         assert_eq!(s.token_events, 1);
@@ -286,10 +302,28 @@ mod tests {
     #[test]
     fn error_events_and_garbage_are_errors() {
         let mut r = SseReader::default();
-        r.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n");
+        r.read_all(&[b"data: {\"error\":{\"message\":\"boom\"}}\n\n"]);
         assert!(r.state.error);
         let mut r = SseReader::default();
-        r.feed(b"data: not json\n");
+        r.read_all(&[b"data: not json\n\n"]);
         assert!(r.state.error);
+        let mut r = SseReader::default();
+        r.read_all(&[b"data: \xff\n\n"]);
+        assert!(r.state.error);
+    }
+
+    #[test]
+    fn crlf_multi_line_data_and_a_broken_body() {
+        let mut r = SseReader::default();
+        let n = r.read_all(&[
+            b"data: {\"choices\":\r\ndata: [{\"text\":\"a\"}]}\r\n\r\n",
+            b"data: [DONE]\r\n\r\n",
+        ]);
+        assert_eq!(n, 1);
+        assert!(r.state.done && !r.state.error);
+        let body = futures::stream::iter([Ok(Bytes::from_static(b"data: {\"cho")), Err("reset")]);
+        let mut r = SseReader::default();
+        let got = futures::executor::block_on(r.read(body, || {}));
+        assert_eq!(got, Err("reset"));
     }
 }

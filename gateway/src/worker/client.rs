@@ -1,17 +1,22 @@
 //! The HTTP client remote workers share: a pooled hyper client with
-//! connect and response-head timeouts, and a line splitter for streamed
-//! bodies (NDJSON and server-sent events).
+//! connect and response-head timeouts, and the framing of streamed bodies:
+//! NDJSON lines (`tokio-util`'s `LinesCodec`) and server-sent events
+//! (`eventsource-stream`).
 
+use std::io;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt, TryStreamExt};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, BodyStream, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
 
 use cake_engine::worker::WorkErrorKind;
 
@@ -141,52 +146,169 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The body's lines (without the line ending), as they arrive.
-pub(crate) fn lines(body: Incoming) -> impl Stream<Item = Result<String, WorkerError>> + Send {
-    let frames = BodyStream::new(body);
-    futures::stream::unfold(
-        (frames, BytesMut::new(), false),
-        |(mut frames, mut buf, mut ended)| async move {
-            loop {
-                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                    let line = buf.split_to(pos + 1);
-                    let text = String::from_utf8_lossy(&line[..pos]);
-                    let text = text.strip_suffix('\r').unwrap_or(&text).to_string();
-                    return Some((Ok(text), (frames, buf, ended)));
-                }
-                if ended {
-                    if buf.is_empty() {
-                        return None;
-                    }
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    buf.clear();
-                    return Some((Ok(text), (frames, buf, ended)));
-                }
-                match frames.next().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(mut data) = frame.into_data() {
-                            while data.has_remaining() {
-                                let chunk = data.chunk();
-                                let n = chunk.len();
-                                buf.extend_from_slice(chunk);
-                                data.advance(n);
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        ended = true;
-                        buf.clear();
-                        return Some((
-                            Err(WorkerError::Unreachable(format!(
-                                "stream broken: {}",
-                                error_chain(&e)
-                            ))),
-                            (frames, buf, ended),
-                        ));
-                    }
-                    None => ended = true,
-                }
+/// Most bytes one line of a streamed body may hold (an NDJSON event, an
+/// SSE field); the worker's request body bound.
+pub(crate) const MAX_LINE: usize = 64 << 20;
+
+/// A streamed body's bytes, its errors as I/O errors (for the framers).
+pub(crate) fn body_bytes(body: Incoming) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    body.into_data_stream().map_err(io::Error::other)
+}
+
+/// A read error as a worker error: the transport broke.
+pub(crate) fn broken(e: &io::Error) -> WorkerError {
+    WorkerError::Unreachable(format!("stream broken: {}", error_chain(e)))
+}
+
+/// The stream up to and including its first error.
+pub(crate) fn until_error<T: Send, E: Send>(
+    s: impl Stream<Item = Result<T, E>> + Send,
+) -> impl Stream<Item = Result<T, E>> + Send {
+    let mut failed = false;
+    s.take_while(move |r| {
+        let go = !failed;
+        failed |= r.is_err();
+        futures::future::ready(go)
+    })
+}
+
+/// The body's lines (without `\n` or `\r\n`), as they arrive; a last
+/// line without a newline counts. A line over [`MAX_LINE`] bytes, or one
+/// that is not UTF-8, ends the stream with an error.
+pub(crate) fn lines(
+    bytes: impl Stream<Item = io::Result<Bytes>> + Send,
+) -> impl Stream<Item = Result<String, WorkerError>> + Send {
+    let codec = LinesCodec::new_with_max_length(MAX_LINE);
+    until_error(
+        FramedRead::new(StreamReader::new(bytes), codec).map_err(|e| match e {
+            LinesCodecError::MaxLineLengthExceeded => {
+                WorkerError::Internal(format!("a streamed line is over {MAX_LINE} bytes"))
             }
-        },
+            LinesCodecError::Io(e) => broken(&e),
+        }),
     )
+}
+
+/// The bytes, failing (as `InvalidData`) once a line runs over
+/// [`MAX_LINE`] bytes without its newline: what a framer may buffer.
+fn bounded_lines(
+    bytes: impl Stream<Item = io::Result<Bytes>> + Send,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let mut open = 0usize;
+    bytes.map(move |r| {
+        r.and_then(|b| {
+            open = match b.iter().rposition(|&c| c == b'\n') {
+                Some(p) => b.len() - p - 1,
+                None => open + b.len(),
+            };
+            if open > MAX_LINE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a streamed line is over {MAX_LINE} bytes"),
+                ));
+            }
+            Ok(b)
+        })
+    })
+}
+
+/// The `data` of each server-sent event (its `data:` lines joined by
+/// `\n`), as events complete; comments (keep-alives), `event:` and `id:`
+/// are dropped, and a last event without its blank line counts. A line
+/// over [`MAX_LINE`] bytes or a stream that is not UTF-8 ends it with an
+/// error.
+pub(crate) fn sse_data(
+    bytes: impl Stream<Item = io::Result<Bytes>> + Send,
+) -> impl Stream<Item = Result<String, WorkerError>> + Send {
+    let end = futures::stream::iter([Ok(Bytes::from_static(b"\n\n"))]);
+    let events = bounded_lines(bytes).chain(end).eventsource();
+    until_error(events.map(|r| match r {
+        Ok(ev) => Ok(ev.data),
+        Err(EventStreamError::Transport(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(WorkerError::Internal(e.to_string()))
+        }
+        Err(EventStreamError::Transport(e)) => Err(broken(&e)),
+        Err(e) => Err(WorkerError::Internal(format!("bad event stream: {e}"))),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&str]) -> impl Stream<Item = io::Result<Bytes>> + Send + use<> {
+        let v: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p.as_bytes())))
+            .collect();
+        futures::stream::iter(v)
+    }
+
+    fn collect<T>(s: impl Stream<Item = Result<T, WorkerError>>) -> Vec<Result<T, WorkerError>> {
+        futures::executor::block_on(s.collect())
+    }
+
+    #[test]
+    fn lines_split_across_chunks_and_crlf() {
+        let got = collect(lines(chunks(&[
+            "{\"a\"",
+            ":1}\r",
+            "\n{\"b\":2}\n",
+            "\nlast",
+        ])));
+        let got: Vec<_> = got.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, [r#"{"a":1}"#, r#"{"b":2}"#, "", "last"]);
+    }
+
+    #[test]
+    fn lines_broken_or_oversized_end_with_an_error() {
+        let s = chunks(&["x\n"]).chain(futures::stream::iter([Err(io::Error::other("reset"))]));
+        let got = collect(lines(s));
+        assert_eq!(got.len(), 2);
+        assert!(
+            matches!(&got[1], Err(WorkerError::Unreachable(m)) if m.contains("stream broken: reset"))
+        );
+
+        let long = "y".repeat(MAX_LINE + 1);
+        let got = collect(lines(chunks(&[&long, "\nz\n"])));
+        assert!(
+            matches!(&got[..], [Err(WorkerError::Internal(_))]),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn sse_split_across_chunks_crlf_and_comments() {
+        let body =
+            "data: {\"a\":1}\r\n\r\n: keep-alive\n\nevent: x\ndata: b\ndata: c\n\ndata: [DONE]";
+        for split in 0..body.len() {
+            let got = collect(sse_data(chunks(&[&body[..split], &body[split..]])));
+            let got: Vec<_> = got.into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!(got, [r#"{"a":1}"#, "b\nc", "[DONE]"], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn sse_broken_garbled_or_oversized_end_with_an_error() {
+        let s =
+            chunks(&["data: 1\n\n"]).chain(futures::stream::iter([Err(io::Error::other("reset"))]));
+        let got = collect(sse_data(s));
+        assert!(
+            matches!(&got[..], [Ok(_), Err(WorkerError::Unreachable(m))] if m.contains("reset"))
+        );
+
+        let s = futures::stream::iter([Ok(Bytes::from_static(b"data: \xff\xfe\n\n"))]);
+        let got = collect(sse_data(s));
+        assert!(
+            matches!(got.last(), Some(Err(WorkerError::Internal(_)))),
+            "{got:?}"
+        );
+
+        let long = "y".repeat(MAX_LINE + 1);
+        let got = collect(sse_data(chunks(&["data: ", &long])));
+        assert!(
+            matches!(&got[..], [Err(WorkerError::Internal(m))] if m.contains("over")),
+            "{got:?}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
-//! Reading a worker's event stream: the next event within the idle bound,
-//! an `Error` event as an error.
+//! A worker's event stream: reading it (the next event within the idle
+//! bound, an `Error` event as an error) and writing it as NDJSON.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use cake_engine::worker::WorkEvent;
 use futures::StreamExt;
 
@@ -29,4 +30,12 @@ pub async fn next_event(
         )),
         Ok(Some(r)) => r.and_then(event_result),
     }
+}
+
+/// One event as an NDJSON line (`cake worker`'s stream, read back by
+/// [`super::CakeWorker`]).
+pub(crate) fn ndjson_line(ev: &WorkEvent) -> Bytes {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }

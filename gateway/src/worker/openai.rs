@@ -15,13 +15,13 @@ use tokio::time::Instant;
 
 use cake_engine::worker::{Classification, LoadReport, TokenEvent, Usage, WorkEvent, WorkRequest};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use http::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::client::{HttpClient, lines};
+use super::client::{HttpClient, body_bytes, sse_data};
 use super::{EventStream, Worker, WorkerError};
 use crate::config::WorkerKind;
 
@@ -125,7 +125,7 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
-/// Turns upstream SSE lines into work events.
+/// Turns upstream SSE events' data into work events.
 struct Translate {
     worker: String,
     started: Instant,
@@ -161,11 +161,8 @@ impl Translate {
         }
     }
 
-    /// Events for one SSE line (maybe none).
-    fn line(&mut self, line: &str) -> Result<Vec<WorkEvent>, WorkerError> {
-        let Some(data) = line.strip_prefix("data:") else {
-            return Ok(Vec::new());
-        };
+    /// Events for one SSE event's data (maybe none).
+    fn data(&mut self, data: &str) -> Result<Vec<WorkEvent>, WorkerError> {
         let data = data.trim();
         if data == "[DONE]" {
             return Ok(if self.done {
@@ -203,6 +200,46 @@ impl Translate {
     }
 }
 
+/// Work events for the upstream's events' data; the end of the stream
+/// without `[DONE]` or a finish reason is an error.
+fn translate(
+    src: impl Stream<Item = Result<String, WorkerError>> + Send + 'static,
+    tr: Translate,
+) -> EventStream {
+    let state = (Box::pin(src), tr, VecDeque::new());
+    let events = futures::stream::unfold(state, |(mut src, mut tr, mut pending)| async move {
+        loop {
+            if let Some(ev) = pending.pop_front() {
+                return Some((ev, (src, tr, pending)));
+            }
+            if tr.done {
+                return None;
+            }
+            match src.next().await {
+                Some(Ok(data)) => match tr.data(&data) {
+                    Ok(evs) => pending.extend(evs.into_iter().map(Ok)),
+                    Err(e) => {
+                        tr.done = true;
+                        pending.push_back(Err(e));
+                    }
+                },
+                Some(Err(e)) => {
+                    tr.done = true;
+                    pending.push_back(Err(e));
+                }
+                None if tr.finish.is_some() => pending.push_back(Ok(tr.done_event())),
+                None => {
+                    tr.done = true;
+                    pending.push_back(Err(WorkerError::Unreachable(
+                        "upstream stream ended early".into(),
+                    )));
+                }
+            }
+        }
+    });
+    Box::pin(events)
+}
+
 impl Worker for OpenAiWorker {
     fn name(&self) -> &str {
         &self.name
@@ -231,41 +268,7 @@ impl Worker for OpenAiWorker {
             let resp = http
                 .send(Method::POST, "/v1/completions", Some(body))
                 .await?;
-            let src = Box::pin(lines(resp.into_body()));
-            let state = (src, tr, VecDeque::new());
-            let events =
-                futures::stream::unfold(state, |(mut src, mut tr, mut pending)| async move {
-                    loop {
-                        if let Some(ev) = pending.pop_front() {
-                            return Some((ev, (src, tr, pending)));
-                        }
-                        if tr.done {
-                            return None;
-                        }
-                        match src.next().await {
-                            Some(Ok(line)) => match tr.line(&line) {
-                                Ok(evs) => pending.extend(evs.into_iter().map(Ok)),
-                                Err(e) => {
-                                    tr.done = true;
-                                    pending.push_back(Err(e));
-                                }
-                            },
-                            Some(Err(e)) => {
-                                tr.done = true;
-                                pending.push_back(Err(e));
-                            }
-                            None if tr.finish.is_some() => pending.push_back(Ok(tr.done_event())),
-                            None => {
-                                tr.done = true;
-                                pending.push_back(Err(WorkerError::Unreachable(
-                                    "upstream stream ended early".into(),
-                                )));
-                            }
-                        }
-                    }
-                });
-            let events: EventStream = Box::pin(events);
-            Ok(events)
+            Ok(translate(sse_data(body_bytes(resp.into_body())), tr))
         }
         .boxed()
     }
@@ -322,31 +325,26 @@ mod tests {
     fn chunks_become_tokens_and_usage() {
         let mut t = translate();
         let a = t
-            .line(r#"data: {"choices": [{"text": "ab", "finish_reason": null}]}"#)
+            .data(r#"{"choices": [{"text": "ab", "finish_reason": null}]}"#)
             .unwrap();
         assert_eq!(texts(&a), ["ab"]);
         // Odd shapes are skipped, not errors.
         assert!(
-            t.line(r#"data: {"choices": 3, "usage": null}"#)
+            t.data(r#"{"choices": 3, "usage": null}"#)
                 .unwrap()
                 .is_empty()
         );
-        assert!(
-            t.line(r#"data: {"choices": [{"text": 7}]}"#)
-                .unwrap()
-                .is_empty()
-        );
-        assert!(t.line(": keep-alive").unwrap().is_empty());
+        assert!(t.data(r#"{"choices": [{"text": 7}]}"#).unwrap().is_empty());
         let b = t
-            .line(r#"data: {"choices": [{"text": "c", "finish_reason": "length"}]}"#)
+            .data(r#"{"choices": [{"text": "c", "finish_reason": "length"}]}"#)
             .unwrap();
         assert_eq!(texts(&b), ["c"]);
-        t.line(
-            r#"data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
+        t.data(
+            r#"{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2,
                 "prompt_tokens_details": {"cached_tokens": 4}}}"#,
         )
         .unwrap();
-        let done = t.line("data: [DONE]").unwrap();
+        let done = t.data("[DONE]").unwrap();
         let [
             WorkEvent::Done {
                 finish_reason,
@@ -366,14 +364,14 @@ mod tests {
             (9, 2, 4)
         );
         assert_eq!((usage.computed_tokens, usage.worker.as_str()), (5, "up"));
-        assert!(t.line("data: [DONE]").unwrap().is_empty());
+        assert!(t.data("[DONE]").unwrap().is_empty());
     }
 
     #[test]
     fn without_usage_the_counts_are_the_streams() {
         let mut t = translate();
-        t.line(r#"data: {"choices": [{"text": "a"}]}"#).unwrap();
-        let done = t.line("data: [DONE]").unwrap();
+        t.data(r#"{"choices": [{"text": "a"}]}"#).unwrap();
+        let done = t.data("[DONE]").unwrap();
         let [
             WorkEvent::Done {
                 finish_reason,
@@ -390,7 +388,43 @@ mod tests {
     #[test]
     fn upstream_errors_and_garbage_are_errors() {
         let mut t = translate();
-        assert!(t.line(r#"data: {"error": {"message": "boom"}}"#).is_err());
-        assert!(t.line("data: {not json").is_err());
+        assert!(t.data(r#"{"error": {"message": "boom"}}"#).is_err());
+        assert!(t.data("{not json").is_err());
+    }
+
+    fn run(parts: &[&'static str]) -> Vec<Result<WorkEvent, WorkerError>> {
+        let bytes = futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(bytes::Bytes::from_static(p.as_bytes())))
+                .collect::<Vec<_>>(),
+        );
+        futures::executor::block_on(super::translate(sse_data(bytes), translate()).collect())
+    }
+
+    #[test]
+    fn a_stream_split_mid_line_with_crlf_and_keep_alives() {
+        let evs = run(&[
+            ": keep-alive\r\n\r\ndata: {\"choices\": [{\"te",
+            "xt\": \"a\"}]}\r\n\r",
+            "\ndata: {\"choices\": [{\"text\": \"b\", \"finish_reason\": \"length\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ]);
+        let evs: Vec<_> = evs.into_iter().map(|e| e.unwrap()).collect();
+        assert_eq!(texts(&evs), ["a", "b"]);
+        assert!(
+            matches!(evs.last(), Some(WorkEvent::Done { finish_reason, .. }) if finish_reason == "length")
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_an_error() {
+        let evs = run(&["data: {\"choices\": [{\"text\": \"a\"}]}\n\n"]);
+        assert!(
+            matches!(evs.last(), Some(Err(WorkerError::Unreachable(m))) if m.contains("ended early"))
+        );
+        // `[DONE]` without its blank line still ends it.
+        let evs = run(&["data: {\"choices\": [{\"text\": \"a\"}]}\n\ndata: [DONE]"]);
+        assert!(matches!(evs.last(), Some(Ok(WorkEvent::Done { .. }))));
     }
 }

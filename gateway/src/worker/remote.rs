@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use http::Method;
 
-use super::client::{HttpClient, lines};
+use super::client::{HttpClient, body_bytes, lines};
 use super::{EventStream, Worker, WorkerError};
 use crate::config::WorkerKind;
 
@@ -59,7 +59,7 @@ impl Worker for CakeWorker {
             let resp = http
                 .send(Method::POST, "/worker/v1/submit", Some(body))
                 .await?;
-            let events = lines(resp.into_body()).filter_map(|line| async move {
+            let events = lines(body_bytes(resp.into_body())).filter_map(|line| async move {
                 match line {
                     Ok(l) if l.trim().is_empty() => None,
                     Ok(l) => Some(serde_json::from_str::<WorkEvent>(&l).map_err(|e| {

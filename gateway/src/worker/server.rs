@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::events::ndjson_line;
 use super::remote::ClassifyBody;
 use super::{Worker, WorkerError};
 use crate::http::{
@@ -74,9 +75,7 @@ fn worker_cutoff() -> Cutoff {
             kind: WorkErrorKind::Unavailable,
             message: SHUTTING_DOWN.into(),
         };
-        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-        line.push(b'\n');
-        Some(Bytes::from(line))
+        Some(ndjson_line(&ev))
     }
     Cutoff { response, tail }
 }
@@ -156,9 +155,7 @@ async fn handle(
                             kind: e.kind(),
                             message: e.detail(),
                         });
-                        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                        line.push(b'\n');
-                        Bytes::from(line)
+                        ndjson_line(&ev)
                     });
                     let mut r = Response::new(stream_body(lines));
                     r.headers_mut().insert(
