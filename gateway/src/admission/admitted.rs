@@ -127,19 +127,10 @@ mod tests {
     use super::*;
     use crate::admission::{Admission, AdmitRequest, PlaceRequest};
     use crate::config::PolicyConfig;
-    use crate::worker::{MockOptions, MockWorker};
+    use crate::worker::mock_pool;
 
     fn admission(policy: &PolicyConfig) -> Arc<Admission> {
-        let slots = (0..2)
-            .map(|i| {
-                WorkerSlot::new(
-                    Arc::new(MockWorker::new(&format!("w{i}"), MockOptions::default())),
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
-                )
-            })
-            .collect();
-        let pool = Arc::new(WorkerPool::new(slots, 3));
+        let (_mocks, pool) = mock_pool(2, 3);
         Arc::new(Admission::new(policy, &[], pool))
     }
 

@@ -367,7 +367,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::admission::chunk_ids;
-    use crate::worker::{MockOptions, MockWorker};
+    use crate::worker::{MockWorker, mock_pool};
 
     const CHUNK: usize = 16;
     const PREFIX: usize = 6 * CHUNK;
@@ -387,20 +387,7 @@ mod tests {
     /// Two mock workers reporting `loads` (`None`: no report yet), and the
     /// placement over them.
     async fn fleet(loads: Option<[LoadReport; 2]>) -> (Arc<Placement>, Vec<MockWorker>) {
-        let mocks: Vec<MockWorker> = (0..2)
-            .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
-            .collect();
-        let slots = mocks
-            .iter()
-            .map(|m| {
-                WorkerSlot::new(
-                    Arc::new(m.clone()),
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
-                )
-            })
-            .collect();
-        let pool = Arc::new(WorkerPool::new(slots, 3));
+        let (mocks, pool) = mock_pool(2, 3);
         if let Some(loads) = loads {
             for (m, l) in mocks.iter().zip(loads) {
                 m.set_load(Some(l));

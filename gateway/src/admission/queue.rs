@@ -315,19 +315,10 @@ mod tests {
     use tokio::sync::oneshot::error::TryRecvError;
 
     use super::*;
-    use crate::worker::{MockOptions, MockWorker, WorkerError, WorkerSlot};
+    use crate::worker::{WorkerError, mock_pool};
 
     fn slots(workers: usize, p: &PolicyConfig) -> (Arc<WorkerPool>, Arc<DispatchSlots>) {
-        let ws = (0..workers)
-            .map(|i| {
-                WorkerSlot::new(
-                    Arc::new(MockWorker::new(&format!("w{i}"), MockOptions::default())),
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
-                )
-            })
-            .collect();
-        let pool = Arc::new(WorkerPool::new(ws, 1));
+        let (_mocks, pool) = mock_pool(workers, 1);
         (pool.clone(), Arc::new(DispatchSlots::new(p, pool)))
     }
 

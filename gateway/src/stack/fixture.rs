@@ -3,7 +3,6 @@
 //! that hands back the stage it was given.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower::Service;
 
@@ -16,7 +15,7 @@ use crate::admission::{Admission, AdmitRequest, PlaceRequest, PrefixChunks, chun
 use crate::api::{Api, parse_request};
 use crate::config::PolicyConfig;
 use crate::error::GatewayError;
-use crate::worker::{MockOptions, MockWorker, WorkerPool, WorkerSlot};
+use crate::worker::{MockWorker, WorkerPool, mock_pool};
 
 /// Context length of the test model, small enough to reach.
 pub const CONTEXT: usize = 64;
@@ -98,20 +97,7 @@ pub fn fleet(
     n: usize,
     policy: &PolicyConfig,
 ) -> (Vec<MockWorker>, Arc<WorkerPool>, Arc<Admission>) {
-    let mocks: Vec<MockWorker> = (0..n)
-        .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
-        .collect();
-    let slots = mocks
-        .iter()
-        .map(|m| {
-            WorkerSlot::new(
-                Arc::new(m.clone()),
-                Duration::from_secs(5),
-                Duration::from_secs(60),
-            )
-        })
-        .collect();
-    let pool = Arc::new(WorkerPool::new(slots, 1));
+    let (mocks, pool) = mock_pool(n, 1);
     let admission = Arc::new(Admission::new(policy, &[], pool.clone()));
     (mocks, pool, admission)
 }

@@ -72,6 +72,27 @@ struct Inner {
     open: tokio::sync::watch::Sender<bool>,
 }
 
+/// `n` default mock workers (`w0`, `w1`, …) in a pool that marks one down
+/// after `down_after` failures in a row: what the unit tests of the pool,
+/// admission and the stack start from.
+#[cfg(test)]
+pub(crate) fn mock_pool(n: usize, down_after: u32) -> (Vec<MockWorker>, Arc<super::WorkerPool>) {
+    let mocks: Vec<MockWorker> = (0..n)
+        .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
+        .collect();
+    let slots = mocks
+        .iter()
+        .map(|m| {
+            super::WorkerSlot::new(
+                Arc::new(m.clone()),
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    (mocks, Arc::new(super::WorkerPool::new(slots, down_after)))
+}
+
 /// Stored chunks are namespaced by cache group, as the engine's chunk keys
 /// are: one group never hits another's prompts.
 fn prefix_hash(group: &str, prefix: &[u32]) -> u64 {

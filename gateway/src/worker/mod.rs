@@ -25,6 +25,8 @@ use crate::config::WorkerKind;
 
 pub use embedded::EmbeddedWorker;
 pub use events::{event_result, next_event};
+#[cfg(test)]
+pub(crate) use mock::mock_pool;
 pub use mock::{MockOptions, MockWorker};
 pub use openai::OpenAiWorker;
 pub use pool::{WorkerPool, WorkerSlot};

@@ -196,23 +196,10 @@ impl WorkerPool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::worker::{MockOptions, MockWorker};
+    use crate::worker::{MockWorker, mock_pool};
 
     fn pool(n: usize, down_after: u32) -> (Vec<MockWorker>, Arc<WorkerPool>) {
-        let mocks: Vec<MockWorker> = (0..n)
-            .map(|i| MockWorker::new(&format!("w{i}"), MockOptions::default()))
-            .collect();
-        let slots = mocks
-            .iter()
-            .map(|m| {
-                WorkerSlot::new(
-                    Arc::new(m.clone()),
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
-                )
-            })
-            .collect();
-        (mocks, Arc::new(WorkerPool::new(slots, down_after)))
+        mock_pool(n, down_after)
     }
 
     /// A worker goes down after `down_after_failures` failures in a row
