@@ -17,7 +17,7 @@ use cake_policy::{
 };
 
 use super::holdings::Holdings;
-use super::prefixes::{ChunkId, InFlightPrefixes, PrefixChunks, PrefixGuard};
+use super::prefixes::{ChunkId, InFlightPrefix, InFlightPrefixes, PrefixChunks, PrefixGuard};
 use super::sha256;
 use crate::config::PolicyConfig;
 use crate::worker::{WorkerPool, WorkerSlot};
@@ -115,16 +115,6 @@ impl Drop for Reservation {
         }
         p.ledger.complete(self.id);
     }
-}
-
-/// A worker computing part of a request's prefix for another request in
-/// flight (the gateway's in-flight prefix registry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InFlightPrefix {
-    /// The worker's index in the pool.
-    pub worker: usize,
-    /// Prompt tokens stored or being computed there.
-    pub cached_tokens: usize,
 }
 
 /// What placement needs of a request.

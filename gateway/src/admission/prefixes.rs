@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use super::placement::InFlightPrefix;
 use super::sha256;
 
 /// A chunk's identity at the gateway.
@@ -42,6 +41,16 @@ pub fn chunk_ids(cache_group: &str, prompt: &[u32], chunk: usize) -> Vec<ChunkId
             prev
         })
         .collect()
+}
+
+/// A worker computing part of a request's prefix for another request in
+/// flight (the gateway's in-flight prefix registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightPrefix {
+    /// The worker's index in the pool.
+    pub worker: usize,
+    /// Prompt tokens stored or being computed there.
+    pub cached_tokens: usize,
 }
 
 /// A prompt's chunks as placement weighs them against the registry.

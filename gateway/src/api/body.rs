@@ -13,8 +13,22 @@ use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::de::{self, Obj, refuse};
-use super::request::PromptInput;
 use crate::error::GatewayError;
+
+/// One chat message (text only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What the prompt was given as.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Messages(Vec<ChatMessage>),
+}
 
 /// Fields of both `/v1/completions` and `/v1/chat/completions`.
 #[derive(Debug, Default, serde::Deserialize)]

@@ -7,7 +7,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 
-use super::request::ChatMessage;
+use super::body::ChatMessage;
 use crate::error::GatewayError;
 
 /// A compiled chat template. Cheap to share.

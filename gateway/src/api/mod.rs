@@ -8,6 +8,7 @@ mod de;
 mod render;
 mod request;
 
+pub use body::{ChatMessage, PromptInput};
 pub use chat::ChatTemplate;
 pub use render::{Renderer, usage_json};
-pub use request::{Api, ChatMessage, GenParams, PromptInput, parse_request};
+pub use request::{Api, GenParams, parse_request};

@@ -7,7 +7,9 @@
 use cake_engine::worker::WorkOptions;
 use serde_json::Value;
 
-use super::body::{self, Chat, ChatMessages, Common, Completion, Ignored, Prompt};
+use super::body::{
+    self, Chat, ChatMessage, ChatMessages, Common, Completion, Ignored, Prompt, PromptInput,
+};
 use super::de::as_integer;
 use crate::error::GatewayError;
 
@@ -16,21 +18,6 @@ use crate::error::GatewayError;
 pub enum Api {
     Completions,
     Chat,
-}
-
-/// One chat message (text only).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-/// What the prompt was given as.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PromptInput {
-    Text(String),
-    Tokens(Vec<u32>),
-    Messages(Vec<ChatMessage>),
 }
 
 /// A validated generation request.
