@@ -5,6 +5,7 @@
 //! request.
 
 use crate::sampling::{log_softmax, top_indices};
+use crate::tokenizer::DecodeStream;
 use crate::{EngineError, Model, Sampler, SamplingParams, Tokenizer};
 
 /// What to generate after a prompt.
@@ -102,7 +103,10 @@ pub struct Decoding {
     eos: Vec<u32>,
     allowed: usize,
     tokens: Vec<u32>,
+    /// The output's text so far, grown one token at a time by `stream`
+    /// (never decoded whole again: that cost grows with the output).
     text: String,
+    stream: DecodeStream,
     emitted: usize,
     finish: Option<FinishReason>,
 }
@@ -120,6 +124,7 @@ impl Decoding {
             opts,
             tokens: Vec::new(),
             text: String::new(),
+            stream: tokenizer.decode_stream(),
             emitted: 0,
             finish: None,
         }
@@ -138,11 +143,7 @@ impl Decoding {
     }
 
     /// Samples the next token from `logits` and updates the state.
-    pub fn step(
-        &mut self,
-        tokenizer: &Tokenizer,
-        logits: &[f32],
-    ) -> Result<StepOutput, EngineError> {
+    pub fn step(&mut self, logits: &[f32]) -> Result<StepOutput, EngineError> {
         let banned: &[u32] = if self.tokens.len() < self.opts.min_tokens {
             &self.eos
         } else {
@@ -155,32 +156,35 @@ impl Decoding {
         self.tokens.push(token);
         if !self.opts.ignore_eos && self.eos.contains(&token) {
             self.finish = Some(FinishReason::Stop);
-            let mut out = self.release(tokenizer, true)?;
+            let mut out = self.release(true)?;
             out.token = token;
             out.logprob = logprob;
             out.finish = self.finish;
             return Ok(out);
         }
-        let mut out = self.release(tokenizer, false)?;
+        let mut out = self.release(false)?;
         out.token = token;
         out.logprob = logprob;
         if self.finish.is_none() && self.tokens.len() >= self.opts.max_tokens {
             self.finish = Some(FinishReason::Length);
-            let tail = self.flush();
+            let tail = self.flush()?;
             out.text_delta.push_str(&tail);
         }
         out.finish = self.finish;
         Ok(out)
     }
 
-    /// Decodes the output so far and releases what is final.
-    fn release(&mut self, tokenizer: &Tokenizer, at_eos: bool) -> Result<StepOutput, EngineError> {
-        let n = if at_eos {
-            self.tokens.len() - 1
-        } else {
-            self.tokens.len()
-        };
-        let text = tokenizer.decode(&self.tokens[..n])?;
+    /// Takes in the last token's text and releases what is final.
+    fn release(&mut self, at_eos: bool) -> Result<StepOutput, EngineError> {
+        // The text of every token but an ending EOS; at the end, also what
+        // the stream still held (an incomplete character).
+        let mut text = std::mem::take(&mut self.text);
+        if !at_eos && let Some(&last) = self.tokens.last() {
+            text.push_str(&self.stream.push(last)?);
+        }
+        if at_eos {
+            text.push_str(&self.stream.finish()?);
+        }
         let mut out = StepOutput {
             token: 0,
             text_delta: String::new(),
@@ -188,6 +192,12 @@ impl Decoding {
             finish: None,
         };
         let from = self.emitted.min(text.len());
+        // A stop sequence may end in text the stream still holds (bytes of
+        // no valid character yet): look at it too, without giving it out.
+        let given = text.len();
+        if !at_eos && self.opts.stop.iter().any(|s| !s.is_empty()) {
+            text.push_str(&self.stream.held()?);
+        }
         let search_from = floor_char(&text, from.saturating_sub(max_len(&self.opts.stop)));
         if let Some(pos) = self
             .opts
@@ -207,16 +217,13 @@ impl Decoding {
             self.finish = Some(FinishReason::Stop);
             return Ok(out);
         }
+        text.truncate(given);
         self.text = text;
-        let mut safe = if at_eos {
+        let safe = if at_eos {
             self.text.len()
         } else {
             self.text.len() - held_back(&self.text, &self.opts.stop)
         };
-        if !at_eos && self.text[..safe].ends_with('\u{FFFD}') {
-            // Likely an incomplete multi-byte character: wait for more.
-            safe -= '\u{FFFD}'.len_utf8();
-        }
         let safe = floor_char(&self.text, safe).max(from);
         out.text_delta = self.text[from..safe].to_string();
         self.emitted = safe;
@@ -224,10 +231,12 @@ impl Decoding {
     }
 
     /// Releases everything held back (the sequence ended by length).
-    fn flush(&mut self) -> String {
+    fn flush(&mut self) -> Result<String, EngineError> {
+        let held = self.stream.finish()?;
+        self.text.push_str(&held);
         let tail = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
-        tail
+        Ok(tail)
     }
 }
 

@@ -328,14 +328,24 @@ impl DecodeStream {
         }
     }
 
+    /// What the held-back ids decode to now (an incomplete character as
+    /// `\u{FFFD}`), without giving it out: for looking ahead, e.g. for a
+    /// stop sequence made of such characters.
+    pub fn held(&self) -> Result<String, EngineError> {
+        if self.ids.len() <= self.prefix_index {
+            return Ok(String::new());
+        }
+        let text = self.tok.decode(&self.ids)?;
+        Ok(match text.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.to_string(),
+            None => String::new(),
+        })
+    }
+
     /// The text still held back (an incomplete character decodes to
     /// `\u{FFFD}`); call once the stream has ended.
     pub fn finish(&mut self) -> Result<String, EngineError> {
-        let text = self.tok.decode(&self.ids)?;
-        let rest = match text.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.to_string(),
-            None => String::new(),
-        };
+        let rest = self.held()?;
         self.ids.clear();
         self.prefix.clear();
         self.prefix_index = 0;

@@ -84,7 +84,6 @@ impl Engine {
             + HEADER_LEN) as u64;
         let sched = Scheduler {
             model: model.clone(),
-            tokenizer: tokenizer.clone(),
             store: store.clone(),
             cfg: cfg.clone(),
             rx,

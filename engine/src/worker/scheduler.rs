@@ -17,7 +17,7 @@ use super::stats::{ComputeMeter, IoMeter};
 use super::telemetry;
 use super::types::{RequestClass, WorkErrorKind, WorkEvent};
 use crate::kv::{EncodedChunk, KvStore};
-use crate::{EngineError, Model, Tokenizer};
+use crate::{EngineError, Model};
 
 /// Steps whose budget use is kept for reports (a ring).
 const STEP_HISTORY: usize = 4096;
@@ -52,7 +52,6 @@ impl Shared {
 
 pub(crate) struct Scheduler {
     pub model: Arc<Model>,
-    pub tokenizer: Arc<Tokenizer>,
     pub store: Option<Arc<dyn KvStore>>,
     pub cfg: EngineConfig,
     pub rx: Receiver<Msg>,
@@ -399,7 +398,7 @@ impl Scheduler {
                 Piece::Prefill { start, end } => end - start,
                 Piece::Decode => 1,
             };
-            match seq.finish_piece(&self.tokenizer, piece, logits) {
+            match seq.finish_piece(piece, logits) {
                 Ok(_) => {
                     let c = seq.chunk_tokens;
                     let filled = match piece {

@@ -14,7 +14,7 @@ use crate::generate::logprob_of;
 use crate::kv::{ChunkContext, ChunkKey, Namespace, next_chunk_key};
 use crate::{
     BatchItem, Decoding, EngineError, GenerateOptions, KvCache, Logits, SamplingParams,
-    TokenLogprob, Tokenizer,
+    TokenLogprob,
 };
 use cake_kernels::Tensor;
 
@@ -252,23 +252,21 @@ impl Seq {
     /// token was produced).
     pub fn finish_piece(
         &mut self,
-        tokenizer: &Tokenizer,
         piece: Piece,
         logits: Option<Tensor>,
     ) -> Result<bool, EngineError> {
         match piece {
             Piece::Decode => {
                 self.logits = take_logits(logits)?;
-                self.sample(tokenizer)?;
+                self.sample()?;
                 Ok(false)
             }
-            Piece::Prefill { start, end } => self.finish_prefill(tokenizer, start, end, logits),
+            Piece::Prefill { start, end } => self.finish_prefill(start, end, logits),
         }
     }
 
     fn finish_prefill(
         &mut self,
-        tokenizer: &Tokenizer,
         start: usize,
         end: usize,
         logits: Option<Tensor>,
@@ -312,14 +310,14 @@ impl Seq {
             if self.req.options.max_tokens == 0 {
                 self.finish("length");
             } else {
-                self.sample(tokenizer)?;
+                self.sample()?;
             }
         }
         Ok(last)
     }
 
-    fn sample(&mut self, tokenizer: &Tokenizer) -> Result<(), EngineError> {
-        let step = self.decoding.step(tokenizer, &self.logits)?;
+    fn sample(&mut self) -> Result<(), EngineError> {
+        let step = self.decoding.step(&self.logits)?;
         if self.ttft.is_none() {
             self.ttft = Some(self.arrival.elapsed().as_secs_f64());
         }
@@ -405,7 +403,7 @@ mod tests {
     use super::*;
     use crate::init::{Dtype, preset, write_checkpoint};
     use crate::worker::loader::Slot;
-    use crate::{Device, Model};
+    use crate::{Device, Model, Tokenizer};
 
     const C: usize = 16;
 

@@ -10,6 +10,7 @@ use std::sync::mpsc::Sender;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::*;
+use crate::Tokenizer;
 use crate::init::{Dtype, Preset, preset, write_checkpoint};
 use crate::kv::{Codec, Namespace, chunk_keys};
 use crate::worker::seq::generate_options;
@@ -60,7 +61,6 @@ fn scheduler(f: &Fixture, cfg: EngineConfig) -> (Scheduler, Sender<Msg>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let sched = Scheduler {
         model: f.model.clone(),
-        tokenizer: f.tokenizer.clone(),
         store: None,
         cfg,
         rx,
