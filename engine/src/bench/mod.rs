@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_types)]
 mod common;
 pub mod decode;
+pub mod detok;
 pub mod mixed;
 pub mod prefill;
 pub mod store;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cake_engine::bench::decode::{self, DecodeBench};
+use cake_engine::bench::detok;
 
 use super::model_dir::{BenchModel, load_bench_model_on};
 
@@ -29,10 +30,35 @@ pub struct DecodeArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the model's steps, time detokenizing an output of this
+    /// many tokens with the model's tokenizer: the whole output decoded
+    /// again at every step against one token at a time (the stream).
+    #[arg(long)]
+    detok_tokens: Option<usize>,
 }
 
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
-    let (model, _) = load_bench_model_on(&args.m, args.seed, &args.data_dir)?;
+    let (model, tokenizer) = load_bench_model_on(&args.m, args.seed, &args.data_dir)?;
+    if let Some(n) = args.detok_tokens {
+        anyhow::ensure!(n >= 10, "--detok-tokens must be at least 10");
+        let r = detok::run(&tokenizer, n)?;
+        println!(
+            "detokenize {} tokens: whole output each step {:.1} ms ({:.1} us a token at the end), \
+             streamed {:.1} ms ({:.1} us a token at the end): {:.1}x; same text: {}",
+            r.tokens,
+            r.whole_ms,
+            r.whole_last_us,
+            r.stream_ms,
+            r.stream_last_us,
+            r.speedup,
+            r.same_text
+        );
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&r)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     eprintln!(
         "decode of {} stream(s) after {} tokens on {} ({})",
         args.batch,
