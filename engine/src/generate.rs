@@ -156,13 +156,13 @@ impl Decoding {
         self.tokens.push(token);
         if !self.opts.ignore_eos && self.eos.contains(&token) {
             self.finish = Some(FinishReason::Stop);
-            let mut out = self.release(true)?;
+            let mut out = self.release(token, true)?;
             out.token = token;
             out.logprob = logprob;
             out.finish = self.finish;
             return Ok(out);
         }
-        let mut out = self.release(false)?;
+        let mut out = self.release(token, false)?;
         out.token = token;
         out.logprob = logprob;
         if self.finish.is_none() && self.tokens.len() >= self.opts.max_tokens {
@@ -174,17 +174,16 @@ impl Decoding {
         Ok(out)
     }
 
-    /// Takes in the last token's text and releases what is final.
-    fn release(&mut self, at_eos: bool) -> Result<StepOutput, EngineError> {
-        // The text of every token but an ending EOS; at the end, also what
-        // the stream still held (an incomplete character).
+    /// Takes in `token`'s text and releases what is final. An ending EOS
+    /// adds no text of its own, only what the stream still held (an
+    /// incomplete character).
+    fn release(&mut self, token: u32, at_eos: bool) -> Result<StepOutput, EngineError> {
         let mut text = std::mem::take(&mut self.text);
-        if !at_eos && let Some(&last) = self.tokens.last() {
-            text.push_str(&self.stream.push(last)?);
-        }
-        if at_eos {
-            text.push_str(&self.stream.finish()?);
-        }
+        text.push_str(&if at_eos {
+            self.stream.finish()?
+        } else {
+            self.stream.push(token)?
+        });
         let mut out = StepOutput {
             token: 0,
             text_delta: String::new(),

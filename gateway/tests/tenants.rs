@@ -176,7 +176,7 @@ async fn weights_three_to_one_share_one_slow_worker() {
             }));
         }
     }
-    until("160 served", || {
+    eventually("160 served", || {
         served[0].load(Ordering::SeqCst) + served[1].load(Ordering::SeqCst) >= 160
     })
     .await;
@@ -264,18 +264,6 @@ async fn priority_headroom_lets_a_priority_tenant_past_a_full_worker() {
     assert_eq!(order[0], "high", "{order:?}");
 }
 
-/// Waits (a hang guard, not a timing assertion) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let wait = async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| panic!("never: {what}"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_gives_fast_429s_with_a_bounded_queue() {
     let m = mock("w");
@@ -296,7 +284,7 @@ async fn overload_gives_fast_429s_with_a_bounded_queue() {
         })
         .collect();
     // One running, three waiting (at most two of a tenant): eight refused.
-    until("eight refusals", || {
+    eventually("eight refusals", || {
         tasks.iter().filter(|t| t.is_finished()).count() >= 8
     })
     .await;
@@ -335,7 +323,7 @@ async fn queue_deadline_refuses_quickly_never_hangs() {
             call(&gw, Some("key-a"), r#"{"prompt": "x", "max_tokens": 4}"#).await
         })
     };
-    until("the busy request at the worker", || m.submitted() == 1).await;
+    eventually("the busy request at the worker", || m.submitted() == 1).await;
     let r = call(&gw, Some("key-b"), SMALL).await;
     assert_eq!(r.error(429)["error"]["code"], "queue_timeout");
     assert!(r.headers.contains_key("retry-after"));

@@ -72,6 +72,10 @@ mod tests {
     use crate::config::PolicyConfig;
     use crate::worker::WorkerError;
 
+    fn names_of(p: &Placed) -> Vec<&str> {
+        p.candidates.iter().map(|s| s.name()).collect()
+    }
+
     /// Every healthy worker is a candidate, chosen one first; the prompt's
     /// chunks are registered under the chosen one while the request holds.
     #[tokio::test]
@@ -84,7 +88,7 @@ mod tests {
             .oneshot(holding(&adm, &prompt).await)
             .await
             .unwrap();
-        let names: Vec<&str> = p.candidates.iter().map(|s| s.name()).collect();
+        let names = names_of(&p);
         assert_eq!(names.len(), 2, "{names:?}");
         let chosen = usize::from(names[0] == "w1");
         let ids = p.chunks.ids[..p.chunks.cap].to_vec();
@@ -100,7 +104,7 @@ mod tests {
             .oneshot(holding(&adm, &prompt).await)
             .await
             .unwrap();
-        let names: Vec<&str> = p.candidates.iter().map(|s| s.name()).collect();
+        let names = names_of(&p);
         assert_eq!(names, vec!["w1"]);
         drop(p);
         // (Admitted while one was up: admission refuses with none.)

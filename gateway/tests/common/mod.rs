@@ -186,9 +186,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, Method::GET, path, "").await
 }
 
-/// Polls `f` until it holds (at most 5 s).
+/// Polls `f` until it holds: a hang guard (60 s), not a timing assertion.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
+    for _ in 0..6000 {
         if f() {
             return;
         }
