@@ -1,7 +1,7 @@
 //! The KV cache of one sequence, held as a list of chunks so that any chunk
 //! can come from storage instead of compute.
 
-use cake_kernels::{Device, Tensor};
+use cake_kernels::{Device, KeyBlocks, Tensor};
 
 use crate::EngineError;
 
@@ -168,6 +168,10 @@ pub struct KvCache {
     /// The last piece holds decoded tokens only (see
     /// [`KvCache::push_device_chunk`]), so the next decoded token joins it.
     tail_decoded: bool,
+    /// On the CPU, each layer's whole key blocks as attention reads them
+    /// ([`KeyBlocks`]; a second copy of `K`), packed by
+    /// [`KvCache::pack_keys`] before a forward pass; empty on a GPU.
+    key_blocks: Vec<KeyBlocks>,
 }
 
 impl KvCache {
@@ -178,6 +182,11 @@ impl KvCache {
             chunks: Vec::new(),
             len: 0,
             tail_decoded: false,
+            key_blocks: if device.is_cpu() {
+                vec![KeyBlocks::new(); layout.layers]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -339,6 +348,9 @@ impl KvCache {
                 self.len = len;
             }
         }
+        for b in &mut self.key_blocks {
+            b.truncate(self.len);
+        }
         Ok(())
     }
 
@@ -369,6 +381,25 @@ impl KvCache {
         self.tail_decoded = decoded;
         self.chunks.push(c);
         Ok(())
+    }
+
+    /// Packs each layer's whole key blocks not packed yet (on the CPU), so
+    /// that attention reads them as they are: a decode step then packs
+    /// only its last, partial block instead of the whole K cache.
+    pub(crate) fn pack_keys(&mut self) -> Result<(), EngineError> {
+        for (l, b) in self.key_blocks.iter_mut().enumerate() {
+            if b.positions() + KeyBlocks::POSITIONS > self.len {
+                continue;
+            }
+            let keys: Vec<&Tensor> = self.chunks.iter().map(|c| &c.k[l]).collect();
+            b.extend(&keys)?;
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s packed key blocks (`None` on a GPU).
+    pub(crate) fn key_blocks(&self, layer: usize) -> Option<&KeyBlocks> {
+        self.key_blocks.get(layer)
     }
 
     pub(crate) fn layer_views(&self, layer: usize) -> (Vec<&Tensor>, Vec<&Tensor>) {

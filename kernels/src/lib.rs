@@ -24,6 +24,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod error;
+mod key_blocks;
 mod mapped;
 pub mod ops;
 mod rate;
@@ -31,6 +32,7 @@ mod rope;
 mod tensor;
 
 pub use error::KernelError;
+pub use key_blocks::KeyBlocks;
 pub use mapped::MappedFile;
 pub use rate::gemm_gflops;
 pub use rope::{RopeScaling, RopeTable};

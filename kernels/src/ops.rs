@@ -2,7 +2,7 @@
 //! the backend of the tensors' device.
 
 use crate::error::shape_err;
-use crate::{KernelError, Result, RopeTable, Tensor, cpu, tensor::Device};
+use crate::{KernelError, KeyBlocks, Result, RopeTable, Tensor, cpu, tensor::Device};
 
 #[cfg(feature = "cuda")]
 use crate::cuda::{self, Buf};
@@ -309,6 +309,7 @@ pub fn attention(
         q_pos0,
         keys,
         values,
+        key_blocks: None,
     };
     let mut out = attention_many(&[one], scale)?;
     out.pop()
@@ -316,13 +317,19 @@ pub fn attention(
 }
 
 /// One sequence's queries and KV cache for [`attention_many`]: the
-/// arguments of [`attention`].
+/// arguments of [`attention`], and optionally the cache's keys already
+/// packed as the CPU kernel reads them.
 #[derive(Clone, Copy)]
 pub struct Attn<'a> {
     pub q: &'a Tensor,
     pub q_pos0: usize,
     pub keys: &'a [&'a Tensor],
     pub values: &'a [&'a Tensor],
+    /// Whole key blocks of `keys` packed beforehand
+    /// ([`KeyBlocks::extend`] over these very keys, or a prefix of them):
+    /// the CPU kernel reads those blocks there instead of packing them
+    /// again. Same results with or without; ignored on a GPU.
+    pub key_blocks: Option<&'a KeyBlocks>,
 }
 
 impl Attn<'_> {
@@ -367,6 +374,19 @@ impl Attn<'_> {
                 ),
             ));
         }
+        if let Some(b) = self.key_blocks
+            && b.positions() > 0
+            && (b.dims() != (kv_heads, hd) || b.positions() > total)
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "key blocks of {:?} over {} positions for kv {kv_heads}×{hd} over {total}",
+                    b.dims(),
+                    b.positions()
+                ),
+            ));
+        }
         Ok(cpu::AttnShape {
             m,
             n_heads,
@@ -402,11 +422,16 @@ pub fn attention_many(calls: &[Attn<'_>], scale: f32) -> Result<Vec<Tensor>> {
                 .iter()
                 .zip(&shapes)
                 .zip(keys.iter().zip(&values))
-                .map(|((c, &s), (ks, vs))| cpu::AttnCall {
-                    q: c.q.cpu(),
-                    s,
-                    keys: ks,
-                    values: vs,
+                .map(|((c, &s), (ks, vs))| {
+                    let (kt, kt_blocks) = c.key_blocks.map_or((&[][..], 0), KeyBlocks::raw);
+                    cpu::AttnCall {
+                        q: c.q.cpu(),
+                        s,
+                        keys: ks,
+                        values: vs,
+                        kt,
+                        kt_blocks,
+                    }
                 })
                 .collect();
             let mut outs: Vec<Vec<f32>> = calls.iter().map(|c| vec![0.0; c.q.len()]).collect();

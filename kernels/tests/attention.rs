@@ -5,7 +5,7 @@
 
 use crate::common::{Rng, assert_close, bits, t};
 use cake_kernels::{
-    Tensor,
+    KeyBlocks, Tensor,
     ops::{Attn, attention, attention_many},
 };
 use proptest::prelude::*;
@@ -184,6 +184,7 @@ fn many_sequences_in_one_call_give_each_its_own_bits() {
             q_pos0: c.q_pos0,
             keys: k,
             values: v,
+            key_blocks: None,
         })
         .collect();
     let scale = cases[0].0.scale();
@@ -245,4 +246,70 @@ proptest! {
         split.extend(c.run(rc, m, &cuts));
         prop_assert_eq!(bits(&split), bits(&whole));
     }
+}
+
+#[test]
+fn packed_key_blocks_give_the_same_bits() {
+    // A decode row, a prefill block and a head size that is no multiple
+    // of 16 (the portable transpose); blocks packed over all the keys,
+    // over a prefix of them (a cache that grew since), and grown in steps.
+    for (c, cuts) in [
+        (Case::new(1, 4, 2, 64, 300, 40), vec![100, 256, 299]),
+        (Case::new(40, 4, 2, 64, 200, 41), vec![64, 128, 200]),
+        (Case::new(3, 2, 1, 40, 130, 42), vec![7, 70]),
+    ] {
+        let (ks, vs) = c.chunks(&cuts);
+        let (kr, vr): (Vec<&Tensor>, Vec<&Tensor>) = (ks.iter().collect(), vs.iter().collect());
+        let q = t(c.q.clone(), &[c.m, c.heads, c.hd]);
+        let plain = attention(&q, c.q_pos0, &kr, &vr, c.scale()).unwrap();
+        let total = c.q_pos0 + c.m;
+        let mut grown = KeyBlocks::new();
+        for upto in 1..=kr.len() {
+            grown.extend(&kr[..upto]).unwrap();
+            let mut fresh = KeyBlocks::new();
+            fresh.extend(&kr[..upto]).unwrap();
+            assert_eq!(fresh.positions(), grown.positions());
+            assert!(
+                fresh.positions() <= total
+                    && fresh.positions() + 64
+                        > kr[..upto].iter().map(|k| k.shape()[0]).sum::<usize>()
+            );
+            let with = attention_many(
+                &[Attn {
+                    q: &q,
+                    q_pos0: c.q_pos0,
+                    keys: &kr,
+                    values: &vr,
+                    key_blocks: Some(&grown),
+                }],
+                c.scale(),
+            )
+            .unwrap();
+            assert_eq!(
+                bits(&with[0].to_vec().unwrap()),
+                bits(&plain.to_vec().unwrap()),
+                "{} chunks packed",
+                upto
+            );
+        }
+        // Dropping positions drops the blocks past them.
+        grown.truncate(100);
+        assert_eq!(grown.positions(), 64);
+    }
+    // Blocks that do not fit the call are refused.
+    let c = Case::new(1, 4, 2, 64, 130, 43);
+    let (ks, vs) = c.chunks(&[]);
+    let other = Case::new(1, 4, 1, 64, 130, 44);
+    let (oks, _) = other.chunks(&[]);
+    let mut wrong = KeyBlocks::new();
+    wrong.extend(&[&oks[0]]).unwrap();
+    let q = t(c.q.clone(), &[c.m, c.heads, c.hd]);
+    let call = Attn {
+        q: &q,
+        q_pos0: c.q_pos0,
+        keys: &[&ks[0]],
+        values: &[&vs[0]],
+        key_blocks: Some(&wrong),
+    };
+    assert!(attention_many(&[call], c.scale()).is_err());
 }

@@ -378,11 +378,12 @@ impl Model {
         if items.is_empty() {
             return Err(EngineError::Internal("no sequences to run".into()));
         }
-        for it in items.iter() {
+        for it in items.iter_mut() {
             if it.tokens.is_empty() {
                 return Err(EngineError::Internal("no tokens to run".into()));
             }
             self.check_input(it.cache, it.tokens)?;
+            it.cache.pack_keys()?;
         }
         let lens: Vec<usize> = items.iter().map(|it| it.tokens.len()).collect();
         let total: usize = lens.iter().sum();
@@ -468,6 +469,7 @@ impl Model {
                     q_pos0: it.cache.len(),
                     keys,
                     values,
+                    key_blocks: it.cache.key_blocks(l),
                 })
                 .collect();
             let outs = ops::attention_many(&calls, scale)?

@@ -4,8 +4,11 @@
 //! queries are all the heads of its group for its rows, so each K/V block is
 //! read once per task, not once per query. Keys are visited in blocks of
 //! [`KB`] *absolute* positions (block `b` is positions `64b..64b+64`, however
-//! the cache is cut into chunks): each block of `K` is packed transposed,
-//! scores for up to [`MR`] queries come from the GEMM micro-kernel, and an
+//! the cache is cut into chunks): each block of `K` is packed transposed
+//! (or read so packed from the caller's [`KeyBlocks`](crate::KeyBlocks),
+//! which holds the cache's whole blocks that way, so a decode step packs
+//! only its last block), scores for up to [`MR`] queries come from the GEMM
+//! micro-kernel, and an
 //! online softmax folds the block into each query's running max, sum and
 //! output.
 //!
@@ -45,6 +48,11 @@ pub(crate) struct AttnCall<'a> {
     pub s: AttnShape,
     pub keys: &'a [&'a [f32]],
     pub values: &'a [&'a [f32]],
+    /// The first `kt_blocks` key blocks already packed, block `b` of kv
+    /// head `g` at `kt[(b·kv_heads + g)·hd·KB..]` as [`pack_key_blocks`]
+    /// lays them out (empty: none).
+    pub kt: &'a [f32],
+    pub kt_blocks: usize,
 }
 
 /// [`attention`] of several sequences (a decode batch: one query row each,
@@ -63,9 +71,62 @@ struct Kv<'a> {
     /// Start position of each chunk, plus the total at the end.
     starts: Vec<usize>,
     row: usize,
+    /// Key blocks packed beforehand ([`AttnCall::kt`]).
+    kt: &'a [f32],
+    kt_blocks: usize,
 }
 
 impl<'a> Kv<'a> {
+    /// The cache's chunks of `row` values a position, with no blocks
+    /// packed beforehand.
+    fn new(keys: &'a [&'a [f32]], values: &'a [&'a [f32]], row: usize) -> Kv<'a> {
+        let mut starts = Vec::with_capacity(keys.len() + 1);
+        let mut total = 0;
+        for k in keys {
+            starts.push(total);
+            total += k.len() / row;
+        }
+        starts.push(total);
+        Kv {
+            keys,
+            values,
+            starts,
+            row,
+            kt: &[],
+            kt_blocks: 0,
+        }
+    }
+
+    /// Positions covered.
+    fn total(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// The `nk` key rows of kv head `g` (`hd` values from `h0 = g·hd`) at
+    /// positions `kb0..kb0 + nk`, into `krows`; the chunk holding them all
+    /// (`None`: they straddle chunks).
+    fn key_rows(
+        &self,
+        kb0: usize,
+        nk: usize,
+        h0: usize,
+        hd: usize,
+        krows: &mut [&'a [f32]; KB],
+    ) -> Option<usize> {
+        let c = self.chunk_of(kb0);
+        if kb0 + nk <= self.starts[c + 1] {
+            let off = (kb0 - self.starts[c]) * self.row;
+            let keys = self.keys[c];
+            for (j, r) in krows[..nk].iter_mut().enumerate() {
+                *r = &keys[off + j * self.row + h0..][..hd];
+            }
+            Some(c)
+        } else {
+            self.for_rows(kb0, nk, |j, k, _| krows[j] = &k[h0..h0 + hd]);
+            None
+        }
+    }
+
     /// Index of the chunk holding position `pos`.
     fn chunk_of(&self, pos: usize) -> usize {
         self.starts.partition_point(|&s| s <= pos) - 1
@@ -110,7 +171,14 @@ pub(crate) fn attention_with(
     scale: f32,
     out: &mut [f32],
 ) {
-    let call = AttnCall { q, s, keys, values };
+    let call = AttnCall {
+        q,
+        s,
+        keys,
+        values,
+        kt: &[],
+        kt_blocks: 0,
+    };
     attention_many_with(isa, &[call], scale, &mut [out]);
 }
 
@@ -147,15 +215,16 @@ pub(crate) fn attention_many_with(
         if out.is_empty() {
             continue;
         }
-        let row = kv_heads * hd;
-        let mut starts = Vec::with_capacity(call.keys.len() + 1);
-        let mut total = 0;
-        for k in call.keys {
-            starts.push(total);
-            total += k.len() / row;
-        }
-        starts.push(total);
-        assert!(total >= q_pos0 + m);
+        let kv = Kv {
+            kt: call.kt,
+            kt_blocks: call.kt_blocks,
+            ..Kv::new(call.keys, call.values, kv_heads * hd)
+        };
+        assert!(kv.total() >= q_pos0 + m);
+        assert!(
+            call.kt_blocks * KB <= kv.total()
+                && call.kt.len() >= call.kt_blocks * kv_heads * hd * KB
+        );
         // Enough tasks to balance the causal triangle over the threads.
         let per_head = (2 * threads).div_ceil(kv_heads);
         let qb = m.div_ceil(per_head).clamp(1, QB);
@@ -164,12 +233,7 @@ pub(crate) fn attention_many_with(
         work += m * n_heads * (q_pos0 + m) * hd;
         seqs.push(Seq {
             call,
-            kv: Kv {
-                keys: call.keys,
-                values: call.values,
-                starts,
-                row,
-            },
+            kv,
             qb,
             out: OutPtr(out.as_mut_ptr()),
         });
@@ -209,6 +273,9 @@ struct Task {
     acc: Vec<f32>,
     /// `K` block transposed: `kt[d·KB + j]`.
     kt: Vec<f32>,
+    /// Where this block's transposed `K` is read: `kt`, or the block
+    /// packed beforehand.
+    kt_at: *const f32,
     /// `V` block, one row of `vstride` (`hd` rounded up to `NR`) values per key.
     vb: Vec<f32>,
     vstride: usize,
@@ -249,6 +316,7 @@ impl Task {
             sum: vec![0.0; nv * 16],
             acc: vec![0.0; nv * hd],
             kt: vec![0.0; hd * KB],
+            kt_at: std::ptr::null(),
             vb: vec![0.0; KB * vstride],
             vstride,
             v_at: (std::ptr::null(), 0),
@@ -278,46 +346,39 @@ impl Task {
         }
     }
 
-    /// Prepares keys `kb0..kb0 + nk` of this kv head: `K` transposed into
-    /// `kt` (zero past `nk`), and `v_at` pointing at their `V` rows (copied
-    /// into `vb` unless they can be read in place).
-    fn pack_block(&mut self, kv: &Kv<'_>, kb0: usize, nk: usize) {
+    /// Prepares keys `kb0..kb0 + nk` of this kv head: `K` transposed
+    /// (`kt_at`: the block packed beforehand, or `kt`, zero past `nk`), and
+    /// `v_at` pointing at their `V` rows (copied into `vb` unless they can
+    /// be read in place).
+    fn pack_block<'a>(&mut self, kv: &Kv<'a>, kb0: usize, nk: usize) {
         let hd = self.s.hd;
         let h0 = self.g * hd;
-        if nk < KB {
-            self.kt.fill(0.0);
-        }
-        let mut krows: [&[f32]; KB] = [&[]; KB];
-        let c = kv.chunk_of(kb0);
-        if hd.is_multiple_of(NR) && kb0 + nk <= kv.starts[c + 1] {
-            let off = (kb0 - kv.starts[c]) * kv.row;
-            let (keys, values) = (kv.keys[c], kv.values[c]);
-            for (j, r) in krows[..nk].iter_mut().enumerate() {
-                *r = &keys[off + j * kv.row + h0..][..hd];
+        let mut krows: [&'a [f32]; KB] = [&[]; KB];
+        let in_one = kv.key_rows(kb0, nk, h0, hd, &mut krows);
+        match in_one {
+            Some(c) if hd.is_multiple_of(NR) => {
+                let off = (kb0 - kv.starts[c]) * kv.row;
+                self.v_at = (
+                    kv.values[c][off + h0..off + (nk - 1) * kv.row + h0 + hd].as_ptr(),
+                    kv.row,
+                );
             }
-            self.v_at = (
-                values[off + h0..off + (nk - 1) * kv.row + h0 + hd].as_ptr(),
-                kv.row,
-            );
-        } else {
-            let (vb, vstride) = (&mut self.vb, self.vstride);
-            kv.for_rows(kb0, nk, |j, k, v| {
-                krows[j] = &k[h0..h0 + hd];
-                vb[j * vstride..j * vstride + hd].copy_from_slice(&v[h0..h0 + hd]);
-            });
-            self.v_at = (self.vb.as_ptr(), vstride);
+            _ => {
+                let (vb, vstride) = (&mut self.vb, self.vstride);
+                kv.for_rows(kb0, nk, |j, _, v| {
+                    vb[j * vstride..j * vstride + hd].copy_from_slice(&v[h0..h0 + hd]);
+                });
+                self.v_at = (self.vb.as_ptr(), vstride);
+            }
         }
-        let kt = &mut self.kt;
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 && hd.is_multiple_of(16) {
-            super::attention_avx512::pack_kt(&krows[..nk], hd, kt);
+        let b = kb0 / KB;
+        if b < kv.kt_blocks {
+            let at = (b * self.s.kv_heads + self.g) * hd * KB;
+            self.kt_at = kv.kt[at..at + hd * KB].as_ptr();
             return;
         }
-        for (j, k) in krows[..nk].iter().enumerate() {
-            for (d, &x) in k.iter().enumerate() {
-                kt[d * KB + j] = x;
-            }
-        }
+        transpose_keys(self.isa, &krows[..nk], hd, &mut self.kt);
+        self.kt_at = self.kt.as_ptr();
     }
 
     /// Folds key block `kb0..` into query vectors `v0..v0 + mr`.
@@ -328,15 +389,16 @@ impl Task {
             kb: hd,
             a: self.q[v0 * hd..].as_ptr(),
             lda: hd,
-            b: self.kt.as_ptr(),
+            b: self.kt_at,
             ldb: KB,
             c: self.sp.as_mut_ptr(),
             ldc: KB,
             first: true,
             ncols: KB,
         };
-        // SAFETY: q holds mr rows of hd values from v0; kt is hd rows of
-        // KB = NR values; sp is MR × KB and mr ≤ MR.
+        // SAFETY: q holds mr rows of hd values from v0; kt_at addresses hd
+        // rows of KB = NR values (`kt`, or a block checked in pack_block);
+        // sp is MR × KB and mr ≤ MR.
         unsafe { qk.run(self.isa) };
         // Keys each vector may see in this block (vectors are in position
         // order, so the last sees the most).
@@ -398,6 +460,53 @@ impl Task {
             for (o, a) in o.iter_mut().zip(acc) {
                 *o = a * inv;
             }
+        }
+    }
+}
+
+/// `kt[d·KB + j] = rows[j][d]` for `j < rows.len() ≤ KB`, zero past
+/// `rows.len()`: a block of keys transposed for the score tile.
+fn transpose_keys(isa: Isa, rows: &[&[f32]], hd: usize, kt: &mut [f32]) {
+    if rows.len() < KB {
+        kt[..hd * KB].fill(0.0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && hd.is_multiple_of(16) {
+        super::attention_avx512::pack_kt(rows, hd, kt);
+        return;
+    }
+    let _ = isa;
+    for (j, k) in rows.iter().enumerate() {
+        for (d, &x) in k.iter().enumerate() {
+            kt[d * KB + j] = x;
+        }
+    }
+}
+
+/// Appends key blocks `from..to` of a cache held as chunks of `[t_i,
+/// kv_heads, hd]` rows to `out`, transposed as the score tile reads them:
+/// block `b`, kv head `g` is `hd × KB` values `[d][j]` (key `j` of the
+/// block), the blocks one after the other, each block's heads in order.
+/// Only whole blocks: the chunks must cover `to·KB` positions.
+pub(crate) fn pack_key_blocks(
+    keys: &[&[f32]],
+    kv_heads: usize,
+    hd: usize,
+    blocks: std::ops::Range<usize>,
+    out: &mut Vec<f32>,
+) {
+    let kv = Kv::new(keys, keys, kv_heads * hd);
+    assert!(blocks.end * KB <= kv.total());
+    let isa = detect();
+    let per = hd * KB;
+    let at = out.len();
+    out.resize(at + blocks.len() * kv_heads * per, 0.0);
+    let mut krows: [&[f32]; KB] = [&[]; KB];
+    for (i, b) in blocks.enumerate() {
+        for g in 0..kv_heads {
+            kv.key_rows(b * KB, KB, g * hd, hd, &mut krows);
+            let o = at + (i * kv_heads + g) * per;
+            transpose_keys(isa, &krows, hd, &mut out[o..o + per]);
         }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) mod isa;
 mod packed;
 mod team;
 
-pub(crate) use attention::{AttnCall, AttnShape, attention_many};
+pub(crate) use attention::{AttnCall, AttnShape, KB as KEY_BLOCK, attention_many, pack_key_blocks};
 pub(crate) use gemm::matmul_t;
 pub(crate) use gemv::{matmul_t_half, matmul_t_half_many};
 pub(crate) use packed::PackedHalf;
