@@ -224,7 +224,7 @@ impl Placement {
             }
         }
         p.ledger.prune(now.into_std());
-        slots
+        let mut views: Vec<WorkerView> = slots
             .iter()
             .enumerate()
             .map(|(i, s)| WorkerView {
@@ -243,7 +243,20 @@ impl Placement {
                 cached_tokens: None,
                 local_tokens: (p.holdings.leading(i, ids) as u64).saturating_mul(chunk),
             })
-            .collect()
+            .collect();
+        if shared_bw > 0.0 {
+            // One link serves every worker's fetches from the shared
+            // store: a fetch queued on any worker delays a fetch on each,
+            // so each worker's I/O backlog is the link's, all of them.
+            let link = views
+                .iter()
+                .filter(|v| slots[v.index].is_up())
+                .fold(0u64, |sum, v| sum.saturating_add(v.load.queued_io_bytes));
+            for v in &mut views {
+                v.load.queued_io_bytes = link;
+            }
+        }
+        views
     }
 
     /// Places a request: the workers to try (the chosen one first, then the
@@ -469,6 +482,31 @@ mod tests {
         drop(r0);
         let (b, _r1) = place(&adm, &burst_prompt(1));
         assert_ne!(a, b);
+    }
+
+    /// With the shared store's bandwidth given, the link is one queue: each
+    /// worker's I/O backlog is every worker's fetches; without it, each
+    /// worker's own.
+    #[tokio::test]
+    async fn a_shared_link_is_one_queue() {
+        let fetching = |bytes| LoadReport {
+            queued_io_bytes: bytes,
+            ..report(0, true)
+        };
+        let (adm, _mocks) = fleet(Some([fetching(3_000_000), fetching(5_000_000)])).await;
+        let backlogs = |adm: &Placement| {
+            let mut p = adm.state.lock();
+            adm.views(&mut p, Instant::now(), false, CHUNK as u64, &[])
+                .iter()
+                .map(|v| v.load.queued_io_bytes)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(backlogs(&adm), [3_000_000, 5_000_000]);
+        adm.set_policy(&PolicyConfig {
+            shared_store_bandwidth_bytes_per_s: 1e6,
+            ..PolicyConfig::default()
+        });
+        assert_eq!(backlogs(&adm), [8_000_000, 8_000_000]);
     }
 
     /// A sibling's worker far behind (its queue many prefills deep) loses

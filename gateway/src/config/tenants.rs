@@ -175,8 +175,10 @@ pub struct PolicyConfig {
     /// Read bandwidth of the store the workers share, in bytes/s, for the
     /// chunks a worker does not hold in its own tiers. A worker's measured
     /// bandwidth blends its local tiers' reads with the shared store's, so
-    /// with local tiers it overstates a remote fetch. 0: the workers'
-    /// measured figure.
+    /// with local tiers it overstates a remote fetch. Set, it also makes
+    /// the link one queue: a fetch on any worker waits for the fetches
+    /// queued on all of them. 0: the workers' measured figure, each
+    /// worker's I/O queue its own.
     pub shared_store_bandwidth_bytes_per_s: f64,
 }
 
