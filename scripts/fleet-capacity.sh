@@ -31,6 +31,9 @@
 #   CAPACITY=1 OUT_DIR=capacity scripts/placement-bench.sh                    # ~25 min
 #   CAPACITY=1 RATE_MULTS="2 4" DURATION=20 scripts/placement-bench.sh          # smoke, ~5 min
 #   CAPACITY=1 MIX="0.6 0.1 0.3" LINK_FRACTION=0.5 scripts/placement-bench.sh
+#   CAPACITY=1 POLICIES="adaptive adaptive@0 cache-affinity" scripts/placement-bench.sh
+# A policy written POLICY@W runs with policy.work_weight = W (WORK_WEIGHT,
+# 1.0 by default, for the others): adaptive@0 scores by TTFT alone.
 set -euo pipefail
 
 BIN=${BIN:-target/release}
@@ -41,6 +44,10 @@ DURATION=${DURATION:-40}
 REPEATS=${REPEATS:-1}
 LINK_FRACTION=${LINK_FRACTION:-0.3}
 SLO_DOCS=${SLO_DOCS:-3}
+WORK_WEIGHT=${WORK_WEIGHT:-1.0}
+# Chunks the gateway takes each worker's own tiers to hold
+# (policy.local_chunks_per_worker).
+LOCAL_CHUNKS=${LOCAL_CHUNKS:-4096}
 # Proportions of document questions, fresh prompts and conversation turns.
 read -r DOCS_W FRESH_W CONV_W <<<"${MIX:-0.5 0.2 0.3}"
 # Ports: the gateway, Redis, then one per worker.
@@ -76,7 +83,9 @@ worker_port() { echo $((PORT_BASE + 11 + $1)); }
 
 # start_fleet POLICY LINK_BYTES_PER_S NWORKERS
 start_fleet() {
-  local policy=$1 link=$2 n=$3 w
+  # POLICY@W: the policy with work_weight W (adaptive@0: TTFT alone).
+  local policy=${1%@*} link=$2 n=$3 w ww=$WORK_WEIGHT
+  [[ $1 == *@* ]] && ww=${1#*@}
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   sed -e "s/^bandwidth_bytes_per_s = .*/bandwidth_bytes_per_s = ${link}/" \
     -e "s#^url = .*#url = \"redis://127.0.0.1:${REDIS_PORT}\"#" \
@@ -85,7 +94,9 @@ start_fleet() {
     sed -n '/^\[\[workers\]\]/q;p' "$CFG/gateway.toml" |
       sed -e "s/^placement = .*/placement = \"$policy\"/" \
         -e "s/^listen = .*/listen = \"127.0.0.1:${GW_PORT}\"/" \
-        -e "s/^shared_store_bandwidth_bytes_per_s = .*/shared_store_bandwidth_bytes_per_s = ${link}.0/"
+        -e "s/^shared_store_bandwidth_bytes_per_s = .*/shared_store_bandwidth_bytes_per_s = ${link}.0/" \
+        -e "s/^work_weight = .*/work_weight = ${ww}/" \
+        -e "s/^local_chunks_per_worker = .*/local_chunks_per_worker = ${LOCAL_CHUNKS}/"
     for w in $(seq 0 $((n - 1))); do
       printf '[[workers]]\nname = "w%s"\nkind = "cake"\nurl = "http://127.0.0.1:%s"\n\n' "$w" "$(worker_port "$w")"
     done
@@ -203,9 +214,10 @@ for p, r in res.items():
     by = {str(s["rate_mult"]): s["goodput_rps"] for s in r["sweep"]}
     cells = " ".join(f"{by.get(str(float(m)), float('nan')):7.2f}" for m in mults)
     print(f"{p:15} {r['max_goodput_rps'] or 0:11.2f} {r['at_rate'] or 0:9.2f} {cells}")
-base = [r["max_goodput_rps"] or 0 for p, r in res.items() if p != "adaptive"]
-if "adaptive" in res and base and max(base) > 0:
-    print(f"adaptive / best baseline: {(res['adaptive']['max_goodput_rps'] or 0) / max(base):.2f}")
+base = [r["max_goodput_rps"] or 0 for p, r in res.items() if not p.startswith("adaptive")]
+for p, r in res.items():
+    if p.startswith("adaptive") and base and max(base) > 0:
+        print(f"{p} / best baseline: {(r['max_goodput_rps'] or 0) / max(base):.2f}")
 
 # Goodput against offered rate, one letter per policy.
 rows, width = 12, 4 * len(mults)

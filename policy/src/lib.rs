@@ -54,7 +54,9 @@ pub use limits::{
 pub use load::{
     Prediction, RateDefaults, RequestShape, WorkerLoad, predict, predict_ttft, predict_with_local,
 };
-pub use placement::{Placement, PlacementPolicy, Placer, PrefixKey, UnknownPolicy, WorkerView};
+pub use placement::{
+    DEFAULT_WORK_WEIGHT, Placement, PlacementPolicy, Placer, PrefixKey, UnknownPolicy, WorkerView,
+};
 pub use shed::{Decision, ShedInput, decide, prefill_rate, queue_wait};
 pub use slots::SlotMeter;
 pub use tenant::{InvalidTenant, TenantPolicy};

@@ -2,7 +2,12 @@
 //!
 //! `adaptive` picks the worker with the lowest predicted TTFT under the Cake
 //! cost model ([`crate::predict`]), which sends cached requests toward idle
-//! I/O and fresh ones toward idle compute. The baselines it is compared
+//! I/O and fresh ones toward idle compute, plus a weight times the work the
+//! request itself adds there (its TTFT on that worker idle): the delay it
+//! puts on whoever queues behind it. TTFT alone moves a request off the
+//! worker holding its prefix as soon as the backlogs differ by the prefill
+//! it then redoes; the fleet does that prefill on top of its other work
+//! and saturates sooner. The baselines it is compared
 //! against: `round-robin`, `least-loaded` (shortest backlog in seconds) and
 //! `cache-affinity` (a prefix goes to the worker that last served it). Every
 //! policy skips workers that are not healthy; exact ties go to the first
@@ -119,7 +124,12 @@ pub struct Placer {
     defaults: RateDefaults,
     cursor: usize,
     affinity: Affinity,
+    /// `adaptive`: seconds of score per second of the request's own work.
+    work_weight: f64,
 }
+
+/// The default weight of a request's own work in `adaptive`'s score.
+pub const DEFAULT_WORK_WEIGHT: f64 = 1.0;
 
 impl Placer {
     /// A placer for `policy` remembering up to `affinity_capacity` prefixes
@@ -130,7 +140,14 @@ impl Placer {
             defaults: RateDefaults::default(),
             cursor: 0,
             affinity: Affinity::new(affinity_capacity),
+            work_weight: DEFAULT_WORK_WEIGHT,
         }
+    }
+
+    /// `adaptive` scores a worker by the request's TTFT there plus
+    /// `weight` × its TTFT there idle (the work it adds); 0: TTFT alone.
+    pub fn set_work_weight(&mut self, weight: f64) {
+        self.work_weight = weight;
     }
 
     /// Uses `defaults` for rates a worker has not measured.
@@ -163,9 +180,10 @@ impl Placer {
     ) -> Option<Placement> {
         let pos = match self.policy {
             PlacementPolicy::RoundRobin => self.next_healthy(workers),
-            PlacementPolicy::Adaptive => {
-                self.lowest(workers, |v| self.predict_on(v, req).ttft.as_secs_f64())
-            }
+            PlacementPolicy::Adaptive => self.lowest(workers, |v| {
+                let p = self.predict_on(v, req);
+                p.ttft.as_secs_f64() + self.work_weight * p.idle_ttft.as_secs_f64()
+            }),
             PlacementPolicy::LeastLoaded => self.least_loaded(workers),
             PlacementPolicy::CacheAffinity => {
                 let sticky = prefix
@@ -375,6 +393,23 @@ mod tests {
         // One chunk queued: still the holder.
         let got = p.choose(&local_fleet(1, 256), &r, None);
         assert_eq!(got, Some(1));
+    }
+
+    #[test]
+    fn a_holder_keeps_its_prefix_until_the_gap_pays_for_the_redone_work() {
+        let r = req(16 * 256 + 40, 16 * 256);
+        // 24 chunks queued on the holder (about 1 s): more than the prefix
+        // costs elsewhere (about 0.56 s, split over the slow link), less
+        // than that plus the work it adds there.
+        let fleet = local_fleet(1, 24 * 256);
+        let mut ttft_only = Placer::new(PlacementPolicy::Adaptive, 16);
+        ttft_only.set_work_weight(0.0);
+        assert!(matches!(ttft_only.choose(&fleet, &r, None), Some(0 | 2)));
+        let mut p = Placer::new(PlacementPolicy::Adaptive, 16);
+        assert_eq!(p.choose(&fleet, &r, None), Some(1));
+        // Fresh work has no holder: the weight changes nothing there.
+        let fresh = req(4096, 0);
+        assert_eq!(p.choose(&split_fleet(), &fresh, None), Some(11));
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl Placement {
         let workers = pool.slots().len();
         Placement {
             state: Mutex::new(PlaceState {
-                placer: Placer::new(policy.placement, AFFINITY_CAPACITY),
+                placer: placer(policy),
                 ledger: Ledger::new(LEDGER_MAX_AGE),
                 holdings: Holdings::new(workers, policy.local_chunks_per_worker),
                 reserved: vec![0; workers],
@@ -78,11 +78,18 @@ impl Placement {
     pub fn set_policy(&self, policy: &PolicyConfig) {
         let mut p = self.state.lock();
         if policy.placement != p.placer.policy() {
-            p.placer = Placer::new(policy.placement, AFFINITY_CAPACITY);
+            p.placer = placer(policy);
         }
+        p.placer.set_work_weight(policy.work_weight);
         p.per_worker = policy.max_in_flight_per_worker;
         p.shared_bw = policy.shared_store_bandwidth_bytes_per_s;
     }
+}
+
+fn placer(policy: &PolicyConfig) -> Placer {
+    let mut p = Placer::new(policy.placement, AFFINITY_CAPACITY);
+    p.set_work_weight(policy.work_weight);
+    p
 }
 
 /// A worker's report as the cost model reads it.
@@ -224,7 +231,7 @@ impl Placement {
             }
         }
         p.ledger.prune(now.into_std());
-        let mut views: Vec<WorkerView> = slots
+        slots
             .iter()
             .enumerate()
             .map(|(i, s)| WorkerView {
@@ -243,20 +250,7 @@ impl Placement {
                 cached_tokens: None,
                 local_tokens: (p.holdings.leading(i, ids) as u64).saturating_mul(chunk),
             })
-            .collect();
-        if shared_bw > 0.0 {
-            // One link serves every worker's fetches from the shared
-            // store: a fetch queued on any worker delays a fetch on each,
-            // so each worker's I/O backlog is the link's, all of them.
-            let link = views
-                .iter()
-                .filter(|v| slots[v.index].is_up())
-                .fold(0u64, |sum, v| sum.saturating_add(v.load.queued_io_bytes));
-            for v in &mut views {
-                v.load.queued_io_bytes = link;
-            }
-        }
-        views
+            .collect()
     }
 
     /// Places a request: the workers to try (the chosen one first, then the
@@ -283,6 +277,7 @@ impl Placement {
             views = self.views(&mut p, now, false, req.chunk_tokens(), ids);
         }
         let shape = req.shape();
+        let sibling = in_flight.as_ref().map(|s| s.worker);
         let Placed {
             mut worker,
             mut prediction,
@@ -320,6 +315,17 @@ impl Placement {
                 }
             }
         }
+        tracing::debug!(
+            policy = %p.placer.policy(),
+            worker,
+            prompt_tokens = req.prompt.len(),
+            cached_tokens = req.cached_tokens,
+            local_tokens = ?views.iter().map(|v| v.local_tokens).collect::<Vec<_>>(),
+            sibling = ?sibling,
+            ttft_ms = prediction.ttft.as_secs_f64() * 1e3,
+            compute_tokens = prediction.compute_tokens,
+            "placed"
+        );
         p.next_id += 1;
         let id = p.next_id;
         p.ledger
@@ -482,31 +488,6 @@ mod tests {
         drop(r0);
         let (b, _r1) = place(&adm, &burst_prompt(1));
         assert_ne!(a, b);
-    }
-
-    /// With the shared store's bandwidth given, the link is one queue: each
-    /// worker's I/O backlog is every worker's fetches; without it, each
-    /// worker's own.
-    #[tokio::test]
-    async fn a_shared_link_is_one_queue() {
-        let fetching = |bytes| LoadReport {
-            queued_io_bytes: bytes,
-            ..report(0, true)
-        };
-        let (adm, _mocks) = fleet(Some([fetching(3_000_000), fetching(5_000_000)])).await;
-        let backlogs = |adm: &Placement| {
-            let mut p = adm.state.lock();
-            adm.views(&mut p, Instant::now(), false, CHUNK as u64, &[])
-                .iter()
-                .map(|v| v.load.queued_io_bytes)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(backlogs(&adm), [3_000_000, 5_000_000]);
-        adm.set_policy(&PolicyConfig {
-            shared_store_bandwidth_bytes_per_s: 1e6,
-            ..PolicyConfig::default()
-        });
-        assert_eq!(backlogs(&adm), [8_000_000, 8_000_000]);
     }
 
     /// A sibling's worker far behind (its queue many prefills deep) loses

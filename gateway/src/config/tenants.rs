@@ -167,19 +167,25 @@ pub struct PolicyConfig {
     pub limits_redis_timeout_ms: u64,
     /// Chunks the gateway remembers per worker as held in that worker's
     /// own tiers (memory, disk): the prompts it placed there, least
-    /// recently used out first. About what a worker's local tiers keep
-    /// (their capacity over the chunk size). `adaptive` counts a prompt's
+    /// recently used out first. At least what a worker's local tiers keep
+    /// (their capacity over the chunk size), its write-behind buffer
+    /// included: a worker serves the chunks waiting there too. `adaptive` counts a prompt's
     /// chunks held there as ready on that worker. 0: remember none. Read
     /// at start.
     pub local_chunks_per_worker: usize,
     /// Read bandwidth of the store the workers share, in bytes/s, for the
     /// chunks a worker does not hold in its own tiers. A worker's measured
     /// bandwidth blends its local tiers' reads with the shared store's, so
-    /// with local tiers it overstates a remote fetch. Set, it also makes
-    /// the link one queue: a fetch on any worker waits for the fetches
-    /// queued on all of them. 0: the workers' measured figure, each
-    /// worker's I/O queue its own.
+    /// with local tiers it overstates a remote fetch. Each worker reaches
+    /// it over a link of its own (its own I/O queue). 0: the workers'
+    /// measured figure.
     pub shared_store_bandwidth_bytes_per_s: f64,
+    /// `adaptive` scores a worker by the request's predicted TTFT there
+    /// plus this many times its TTFT there on an idle worker: the work it
+    /// adds, which delays whoever queues behind it. At 0 a request leaves
+    /// the worker holding its prefix as soon as the backlogs differ by
+    /// the prefill it redoes elsewhere, and the fleet saturates sooner.
+    pub work_weight: f64,
 }
 
 impl Default for PolicyConfig {
@@ -199,6 +205,7 @@ impl Default for PolicyConfig {
             limits_redis_timeout_ms: 50,
             local_chunks_per_worker: 4096,
             shared_store_bandwidth_bytes_per_s: 0.0,
+            work_weight: cake_policy::DEFAULT_WORK_WEIGHT,
         }
     }
 }
@@ -225,6 +232,14 @@ impl PolicyConfig {
                 "policy.shared_store_bandwidth_bytes_per_s",
                 bw,
                 "must be a finite number of bytes/s, 0 or more (0: as the workers measure)",
+            ));
+        }
+        let w = self.work_weight;
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(invalid(
+                "policy.work_weight",
+                w,
+                "must be a finite number, 0 or more (0: predicted TTFT alone)",
             ));
         }
         if !self.limits_redis.is_empty() && !self.limits_redis_nodes.is_empty() {
