@@ -5,11 +5,17 @@
 //! prefill or a crossing of the shared store's link; placement reads it as
 //! [`cake_policy::WorkerView::local_tokens`].
 //!
-//! Each worker's record is bounded to about the number of chunks its local
+//! Each worker's record is bounded by about the number of chunks its local
 //! tiers keep (`policy.local_chunks_per_worker`), least recently used out
-//! first, as the worker's own tiers evict: two generations of half that
-//! each; a hit in the old one moves to the new one, and when the new one
-//! fills the old one is dropped whole (O(1) per chunk, memory bounded).
+//! first, as the worker's own tiers evict: two generations of up to that
+//! many each; a hit in the old one moves to the new one, and when the new
+//! one fills the old one is dropped whole (O(1) per chunk, memory
+//! bounded). So the record keeps at least the `capacity` chunks used last
+//! and at most twice as many: it never forgets what the worker's tiers
+//! still hold, and may remember some they have evicted (a request sent
+//! back for those recomputes, as under `cache-affinity`). Generations of
+//! half the capacity each kept between half and all of it, and in the
+//! fleet benchmark the gateway forgot prefixes its workers still held.
 
 use std::collections::HashSet;
 
@@ -18,6 +24,7 @@ use super::prefixes::ChunkId;
 /// See the module docs.
 #[derive(Debug)]
 pub struct Holdings {
+    /// Chunks one generation holds.
     half: usize,
     workers: Vec<Generations>,
 }
@@ -29,11 +36,12 @@ struct Generations {
 }
 
 impl Holdings {
-    /// A record for `workers` workers of up to `capacity` chunks each;
-    /// `capacity` 0 records nothing (every worker holds nothing).
+    /// A record for `workers` workers keeping at least the last `capacity`
+    /// chunks each (at most twice that); `capacity` 0 records nothing
+    /// (every worker holds nothing).
     pub fn new(workers: usize, capacity: usize) -> Holdings {
         Holdings {
-            half: capacity / 2,
+            half: capacity,
             workers: (0..workers).map(|_| Generations::default()).collect(),
         }
     }
@@ -124,12 +132,26 @@ mod tests {
         // every round is never in the generation that is dropped.
         for i in 0..10 {
             h.record(0, &ids(100 + 5 * i..105 + 5 * i));
-            assert!(h.len(0) <= 20);
+            assert!(h.len(0) <= 40);
             // The first prompt is read again between the others: it stays.
             assert_eq!(h.leading(0, &ids(0..4)), 4, "round {i}");
         }
         // What was not used again is gone.
         assert_eq!(h.leading(0, &ids(100..105)), 0);
+    }
+
+    #[test]
+    fn the_record_keeps_at_least_the_last_capacity_chunks() {
+        // Placed one after the other: whatever the generations' phase,
+        // the last 20 placed are all still held.
+        let mut h = Holdings::new(1, 20);
+        h.record(0, &ids(0..20));
+        for n in 20..70 {
+            h.record(0, &[id(n)]);
+            let last: Vec<ChunkId> = (n - 19..=n).rev().map(id).collect();
+            assert_eq!(h.leading(0, &last), 20, "after chunk {n}");
+            assert!(h.len(0) <= 40);
+        }
     }
 
     #[test]

@@ -167,9 +167,10 @@ pub struct PolicyConfig {
     pub limits_redis_timeout_ms: u64,
     /// Chunks the gateway remembers per worker as held in that worker's
     /// own tiers (memory, disk): the prompts it placed there, least
-    /// recently used out first. At least what a worker's local tiers keep
-    /// (their capacity over the chunk size), its write-behind buffer
-    /// included: a worker serves the chunks waiting there too. `adaptive` counts a prompt's
+    /// recently used out first; at least this many are kept, at most
+    /// twice. At least what a worker's local tiers keep (their capacity
+    /// over the chunk size); bounded near that, the fleet benchmark's
+    /// gateway forgot prefixes the workers still held, so err high. `adaptive` counts a prompt's
     /// chunks held there as ready on that worker. 0: remember none. Read
     /// at start.
     pub local_chunks_per_worker: usize,
