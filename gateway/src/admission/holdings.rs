@@ -46,14 +46,18 @@ impl Holdings {
         }
     }
 
-    /// `worker` now holds `ids` (a prompt's chunks placed there).
+    /// `worker` now holds `ids` (a prompt's chunks placed there). They are
+    /// touched last to first, as the worker's loader reads them (from the
+    /// back), so its first chunks are the last forgotten, as in the
+    /// worker's own tiers, and what is left of a prompt is a run from its
+    /// front, which is what [`Holdings::leading`] counts.
     pub fn record(&mut self, worker: usize, ids: &[ChunkId]) {
         let half = self.half;
         if half == 0 {
             return;
         }
         if let Some(g) = self.workers.get_mut(worker) {
-            for id in ids {
+            for id in ids.iter().rev() {
                 g.touch(*id, half);
             }
         }
@@ -152,6 +156,18 @@ mod tests {
             assert_eq!(h.leading(0, &last), 20, "after chunk {n}");
             assert!(h.len(0) <= 40);
         }
+    }
+
+    #[test]
+    fn a_prompt_is_forgotten_from_its_back() {
+        let mut h = Holdings::new(1, 4);
+        h.record(0, &[id(100), id(101)]);
+        // The prompt straddles a generation: its back goes in the one that
+        // is dropped first.
+        h.record(0, &ids(0..4));
+        h.record(0, &[id(200), id(201)]);
+        h.record(0, &[id(300)]);
+        assert_eq!(h.leading(0, &ids(0..4)), 2);
     }
 
     #[test]

@@ -169,8 +169,7 @@ pub struct PolicyConfig {
     /// own tiers (memory, disk): the prompts it placed there, least
     /// recently used out first; at least this many are kept, at most
     /// twice. At least what a worker's local tiers keep (their capacity
-    /// over the chunk size); bounded near that, the fleet benchmark's
-    /// gateway forgot prefixes the workers still held, so err high. `adaptive` counts a prompt's
+    /// over the chunk size). `adaptive` counts a prompt's
     /// chunks held there as ready on that worker. 0: remember none. Read
     /// at start.
     pub local_chunks_per_worker: usize,
