@@ -7,8 +7,8 @@
 //! puts on whoever queues behind it. TTFT alone moves a request off the
 //! worker holding its prefix as soon as the backlogs differ by the prefill
 //! it then redoes; the fleet does that prefill on top of its other work
-//! and saturates sooner. The baselines it is compared
-//! against: `round-robin`, `least-loaded` (shortest backlog in seconds) and
+//! and saturates sooner. The baselines it is compared against:
+//! `round-robin`, `least-loaded` (shortest backlog in seconds) and
 //! `cache-affinity` (a prefix goes to the worker that last served it). Every
 //! policy skips workers that are not healthy; exact ties go to the first
 //! worker at or after a rotating cursor, so an idle fleet is spread evenly.

@@ -57,39 +57,36 @@ impl Placement {
         prefixes: Arc<InFlightPrefixes>,
     ) -> Placement {
         let workers = pool.slots().len();
-        Placement {
+        let placement = Placement {
             state: Mutex::new(PlaceState {
-                placer: placer(policy),
+                placer: Placer::new(policy.placement, AFFINITY_CAPACITY),
                 ledger: Ledger::new(LEDGER_MAX_AGE),
                 holdings: Holdings::new(workers, policy.local_chunks_per_worker),
                 reserved: vec![0; workers],
                 seen: vec![None; workers],
                 next_id: 0,
-                per_worker: policy.max_in_flight_per_worker,
-                shared_bw: policy.shared_store_bandwidth_bytes_per_s,
+                // The reloadable settings: `set_policy` below.
+                per_worker: 0,
+                shared_bw: 0.0,
             }),
             pool,
             prefixes,
-        }
+        };
+        placement.set_policy(policy);
+        placement
     }
 
     /// A reloaded policy: a new placer when the policy changed (its
-    /// cursor and affinity table start over), the new caps.
+    /// cursor and affinity table start over), the new weight and caps.
     pub fn set_policy(&self, policy: &PolicyConfig) {
         let mut p = self.state.lock();
         if policy.placement != p.placer.policy() {
-            p.placer = placer(policy);
+            p.placer = Placer::new(policy.placement, AFFINITY_CAPACITY);
         }
         p.placer.set_work_weight(policy.work_weight);
         p.per_worker = policy.max_in_flight_per_worker;
         p.shared_bw = policy.shared_store_bandwidth_bytes_per_s;
     }
-}
-
-fn placer(policy: &PolicyConfig) -> Placer {
-    let mut p = Placer::new(policy.placement, AFFINITY_CAPACITY);
-    p.set_work_weight(policy.work_weight);
-    p
 }
 
 /// A worker's report as the cost model reads it.

@@ -169,9 +169,8 @@ pub struct PolicyConfig {
     /// own tiers (memory, disk): the prompts it placed there, least
     /// recently used out first; at least this many are kept, at most
     /// twice. At least what a worker's local tiers keep (their capacity
-    /// over the chunk size). `adaptive` counts a prompt's
-    /// chunks held there as ready on that worker. 0: remember none. Read
-    /// at start.
+    /// over the chunk size). `adaptive` counts a prompt's chunks held
+    /// there as ready on that worker. 0: remember none. Read at start.
     pub local_chunks_per_worker: usize,
     /// Read bandwidth of the store the workers share, in bytes/s, for the
     /// chunks a worker does not hold in its own tiers. A worker's measured
